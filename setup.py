@@ -1,0 +1,39 @@
+"""multimodal_ssl: multimodal contrastive pretraining (SigLIP, CLIP) in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+# Version ranges are the ones the test suite runs against (see README "Install").
+INSTALL_REQUIRES = [
+    "jax>=0.10.2,<0.11",
+    "jaxlib>=0.10.2,<0.11",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12.8,<0.13",
+    "grain>=0.2.18,<0.3",
+    "ml-collections>=1.1.0,<1.2",
+    "tensorflow-datasets>=4.9.10,<5",
+    "absl-py>=2.1,<3",
+    "numpy>=2.0,<3",
+    "pillow>=11.0,<14",
+    "tensorboardX>=2.6.2,<3",
+    "tqdm>=4.66,<5",
+    "einops>=0.8,<0.9",
+]
+
+EXTRAS_REQUIRE = {
+    "dev": [
+        "pytest>=9.0,<10",
+        "ruff==0.17.6",
+        "matplotlib>=3.8,<4",
+    ],
+}
+
+setup(
+    name="multimodal_ssl",
+    version="0.1.0",
+    description="Multimodal self-supervised and contrastive pretraining in JAX/Flax.",
+    packages=find_packages(include=["multimodal_ssl", "multimodal_ssl.*"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+)
