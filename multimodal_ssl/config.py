@@ -1,0 +1,177 @@
+"""The config schema: every key a recipe may set, its default, and validation.
+
+Recipes (``configs/*.py``) start from :func:`base_config` and change values; they
+never add keys. :func:`validate` runs at start-up and fails with a message naming
+the offending key (``config.loss.impl: 'rign' is not one of [...]``) for unknown
+keys, wrong types and bad values, so a typo never silently trains the wrong thing.
+
+Open sub-trees are checked against their owner's own schema:
+``model.image`` / ``model.text`` against the tower modules' fields, ``evals.<name>``
+against the evaluator type's ``default_config()``, ``data.shapes`` by the source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+MESH_AXES = ("data", "fsdp", "model")
+LOSS_NAMES = ("sigmoid", "softmax")
+LOSS_IMPLS = ("global", "all_gather", "ring")
+OPTIMIZERS = ("adamw", "adafactor")
+SCHEDULES = ("cosine", "rsqrt", "constant")
+DTYPES = ("float32", "bfloat16")
+
+# Sub-trees whose keys are validated by their owners, not against base_config().
+_OPEN_SUBTREES = ("model.image", "model.text", "evals", "data.shapes")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """All keys with their defaults; a recipe overrides values, never adds keys."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.total_steps = 1000
+    c.batch_size = 256  # global, over all hosts and devices
+    c.log_every_steps = 10
+
+    c.data = ml_collections.ConfigDict()
+    c.data.train = "generated:shapes"  # source spec "NAME[:SPLIT]"
+    c.data.image_size = 32
+    c.data.max_text_len = 48
+    c.data.tokenizer = "bytes"
+    c.data.worker_count = 0  # grain worker processes (0 = decode in the main process)
+    c.data.shapes = ml_collections.ConfigDict()  # options of generated:shapes
+
+    c.model = ml_collections.ConfigDict()
+    c.model.image = ml_collections.ConfigDict({"variant": "mu/4"})  # ViT kwargs
+    c.model.text = ml_collections.ConfigDict({"variant": "mu"})  # TextTransformer kwargs
+    c.model.embed_dim = 128
+    c.model.t_init = math.log(10.0)
+    c.model.b_init = -10.0
+    c.model.dtype = "float32"  # compute dtype; params stay float32
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.name = "sigmoid"
+    c.loss.impl = "global"
+    c.loss.chunk_size = ml_collections.config_dict.placeholder(int)
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.name = "adamw"
+    c.optim.lr = 1e-3
+    c.optim.schedule = "cosine"  # after linear warmup; rsqrt uses warmup_steps as timescale
+    c.optim.warmup_steps = 100
+    c.optim.weight_decay = 1e-4  # decoupled, applied to kernels only
+    c.optim.grad_clip = ml_collections.config_dict.placeholder(float)  # global norm
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "model": 1})
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 500
+    c.checkpoint.keep = 2
+
+    c.evals = ml_collections.ConfigDict()
+    return c
+
+
+def _fail(path: str, message: str) -> None:
+    raise ValueError(f"config.{path}: {message}")
+
+
+def _check_keys(cfg: Mapping[str, Any], schema: Mapping[str, Any], path: str) -> None:
+    for key, value in cfg.items():
+        sub = f"{path}.{key}" if path else key
+        if key not in schema:
+            _fail(sub, f"unknown key; valid keys here are {sorted(schema)}")
+        if sub in _OPEN_SUBTREES:
+            continue
+        expected = schema[key]
+        if isinstance(expected, Mapping):
+            if not isinstance(value, Mapping):
+                _fail(sub, f"expected a dict of {sorted(expected)}, got {value!r}")
+            _check_keys(value, expected, sub)
+        elif expected is not None and value is not None:
+            _check_type(sub, value, type(expected))
+
+
+def _check_type(path: str, value: Any, expected: type) -> None:
+    ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if not ok:
+        _fail(path, f"expected {expected.__name__}, got {type(value).__name__} {value!r}")
+
+
+def _check_choice(path: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        _fail(path, f"{value!r} is not one of {list(choices)}")
+
+
+def _check_positive(path: str, value: Any, allow_zero: bool = False) -> None:
+    if value is None or value < 0 or (value == 0 and not allow_zero):
+        _fail(path, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+def _check_module_kwargs(path: str, kwargs: Mapping[str, Any], module_cls: type) -> None:
+    fields = {f.name for f in dataclasses.fields(module_cls)} - {"parent", "name"}
+    for key in kwargs:
+        if key not in fields:
+            _fail(f"{path}.{key}", f"unknown key; {module_cls.__name__} accepts {sorted(fields)}")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first bad key or value in ``config``."""
+    _check_keys(config, base_config(), "")
+    for key in ("total_steps", "batch_size", "log_every_steps"):
+        _check_positive(key, config[key])
+    for key in ("image_size", "max_text_len"):
+        _check_positive(f"data.{key}", config.data[key])
+    _check_positive("data.worker_count", config.data.worker_count, allow_zero=True)
+
+    from multimodal_ssl.models.text import TextTransformer  # local: keep config import light
+    from multimodal_ssl.models.vit import ViT
+
+    _check_module_kwargs("model.image", config.model.image, ViT)
+    _check_module_kwargs("model.text", config.model.text, TextTransformer)
+    _check_positive("model.embed_dim", config.model.embed_dim)
+    _check_choice("model.dtype", config.model.dtype, DTYPES)
+
+    _check_choice("loss.name", config.loss.name, LOSS_NAMES)
+    _check_choice("loss.impl", config.loss.impl, LOSS_IMPLS)
+    if config.loss.chunk_size is not None:
+        _check_positive("loss.chunk_size", config.loss.chunk_size)
+
+    _check_choice("optim.name", config.optim.name, OPTIMIZERS)
+    _check_choice("optim.schedule", config.optim.schedule, SCHEDULES)
+    _check_positive("optim.lr", config.optim.lr)
+    _check_positive("optim.warmup_steps", config.optim.warmup_steps, allow_zero=True)
+    _check_positive("optim.weight_decay", config.optim.weight_decay, allow_zero=True)
+    if config.optim.grad_clip is not None:
+        _check_positive("optim.grad_clip", config.optim.grad_clip)
+
+    sizes = dict(config.mesh)
+    for axis, size in sizes.items():
+        if not isinstance(size, int) or (size != -1 and size < 1):
+            _fail(f"mesh.{axis}", f"must be a positive int or -1 (= the rest), got {size!r}")
+    if list(sizes.values()).count(-1) > 1:
+        _fail("mesh", f"at most one axis may be -1, got {sizes}")
+
+    _check_positive("checkpoint.every_steps", config.checkpoint.every_steps)
+    _check_positive("checkpoint.keep", config.checkpoint.keep)
+
+    from multimodal_ssl.evals import get_evaluator  # local: evals import data and models
+
+    for name, eval_cfg in config.evals.items():
+        if not isinstance(eval_cfg, Mapping) or "type" not in eval_cfg:
+            _fail(f"evals.{name}", "must be a dict with a 'type' key")
+        try:
+            evaluator_cls = get_evaluator(eval_cfg["type"])
+        except ValueError as e:
+            _fail(f"evals.{name}.type", str(e))
+        _check_keys(eval_cfg, evaluator_cls.default_config(), f"evals.{name}")
+        _check_positive(f"evals.{name}.every_steps", eval_cfg["every_steps"])

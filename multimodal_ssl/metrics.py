@@ -1,0 +1,95 @@
+"""Metric writers: ``<workdir>/metrics.jsonl``, TensorBoard events, console progress.
+
+Only process 0 writes. ``metrics.jsonl`` holds one JSON object per line with a
+``step`` key; it is appended to on resume, so after a kill a few steps between
+the last checkpoint and the kill may appear twice (readers keep the last entry
+per step, see :func:`read_metrics`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+
+import jax
+import numpy as np
+import tqdm
+from absl import logging
+
+
+def _to_python(value) -> float | int:
+    value = np.asarray(value)
+    return value.item()
+
+
+class MetricWriter:
+    """Writes scalar dicts to JSONL and TensorBoard (process 0 only)."""
+
+    def __init__(self, workdir: str, *, tensorboard: bool = True):
+        self._enabled = jax.process_index() == 0
+        self._jsonl = None
+        self._tb = None
+        if not self._enabled:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, scalars: Mapping[str, object]) -> None:
+        if not self._enabled:
+            return
+        values = {k: _to_python(v) for k, v in scalars.items()}
+        self._jsonl.write(json.dumps({"step": int(step), **values}) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for key, value in values.items():
+                self._tb.add_scalar(key, value, global_step=int(step))
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(workdir: str) -> dict[int, dict[str, float]]:
+    """``{step: {name: value}}`` from ``metrics.jsonl``; later lines win per key."""
+    out: dict[int, dict[str, float]] = {}
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        for line in f:
+            record = json.loads(line)
+            out.setdefault(record.pop("step"), {}).update(record)
+    return out
+
+
+class Progress:
+    """Console progress bar with loss, examples/s and ETA (process 0 only)."""
+
+    def __init__(self, total_steps: int, initial_step: int):
+        self._bar = None
+        if jax.process_index() == 0:
+            self._bar = tqdm.tqdm(
+                total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True,
+                mininterval=2.0,
+            )
+        self._last_step = initial_step
+
+    def update(self, step: int, postfix: Mapping[str, float]) -> None:
+        if self._bar is None:
+            return
+        self._bar.update(step - self._last_step)
+        self._bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+        logging.log_every_n_seconds(
+            logging.INFO, "step %d: %s", 30, step,
+            ", ".join(f"{k}={v:.4g}" for k, v in postfix.items()),
+        )
+        self._last_step = step
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

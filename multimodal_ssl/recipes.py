@@ -1,0 +1,64 @@
+"""Building blocks shared by the recipe files in ``configs/``.
+
+They live in the package (not in ``configs/``) so a recipe file loaded by path
+can import them without touching ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import types
+
+import ml_collections
+
+
+def shapes_evals(every_steps: int, max_examples: int = 1024) -> ml_collections.ConfigDict:
+    """Zero-shot over shape+colour classes and image<->text retrieval on the held-out
+    ``generated:shapes:test`` scenes (never seen in training)."""
+    return ml_collections.ConfigDict(
+        {
+            "zeroshot": {
+                "type": "zeroshot",
+                "data": "generated:shapes:test",
+                "every_steps": every_steps,
+                "max_examples": max_examples,
+            },
+            "retrieval": {
+                "type": "retrieval",
+                "data": "generated:shapes:test",
+                "every_steps": every_steps,
+                "max_examples": max_examples,
+            },
+        }
+    )
+
+
+def apply_tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Shrinks a recipe to seconds on CPU, for tests and smoke runs."""
+    config.total_steps = 6
+    config.batch_size = 16
+    config.log_every_steps = 1
+    config.data.image_size = 16
+    config.data.max_text_len = 16
+    config.model.image = ml_collections.ConfigDict(
+        {"variant": "mu/8", "width": 32, "depth": 1, "mlp_dim": 64, "num_heads": 2}
+    )
+    config.model.text = ml_collections.ConfigDict(
+        {"variant": "mu", "width": 32, "depth": 1, "mlp_dim": 64, "num_heads": 2}
+    )
+    config.model.embed_dim = 16
+    config.optim.warmup_steps = 2
+    config.checkpoint.every_steps = 3
+    config.evals = shapes_evals(every_steps=1000, max_examples=64)
+    return config
+
+
+def load_sibling_recipe(this_file: str, filename: str) -> types.ModuleType:
+    """Imports another recipe file from the same folder, so a recipe can extend one
+    (``configs/clip.py`` is ``configs/siglip.py`` with the softmax loss)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(this_file)), filename)
+    spec = importlib.util.spec_from_file_location(f"recipe_{filename[:-3]}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
