@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import types
 
 import ml_collections
 
@@ -54,11 +53,11 @@ def apply_tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return config
 
 
-def load_sibling_recipe(this_file: str, filename: str) -> types.ModuleType:
-    """Imports another recipe file from the same folder, so a recipe can extend one
-    (``configs/clip.py`` is ``configs/siglip.py`` with the softmax loss)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(this_file)), filename)
-    spec = importlib.util.spec_from_file_location(f"recipe_{filename[:-3]}", path)
+def load_recipe(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """``get_config(arg)`` of the recipe file at ``path`` (as ``--config=path:arg`` does);
+    lets one recipe extend another (``configs/clip.py`` extends ``configs/siglip.py``)."""
+    name = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(f"multimodal_ssl_recipe_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module
+    return module.get_config(arg)

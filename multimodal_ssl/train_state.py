@@ -121,7 +121,7 @@ def make_train_step(
             "train/lr": schedule(state.step),
             "train/t": out["t"],
             "train/b": out["b"],
-            "train/grad_norm": optax.global_norm(grads),
+            "train/grad_norm": optax.tree.norm(grads),
         }
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
