@@ -4,27 +4,46 @@
         [--config.optim.lr=3e-4 ...]
 
 Running the same command again resumes from the newest checkpoint in ``DIR``.
+
+On Linux the process re-executes itself once with glibc malloc tuned to keep freed
+memory (``GLIBC_TUNABLES``, which only takes effect at process start): XLA on CPU
+otherwise unmaps and re-maps its step buffers every step, which costs ~1/3 of the
+step time of small models. Set ``GLIBC_TUNABLES`` yourself (even to "") to opt out.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 
-import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
-
-from multimodal_ssl.train import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/siglip.py")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
 flags.mark_flags_as_required(["config", "workdir"])
 
+MALLOC_TUNABLES = (
+    "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184:glibc.malloc.arena_max=1"
+)
+
+
+def _reexec_with_malloc_tuning() -> None:
+    """Restarts this process with ``GLIBC_TUNABLES`` set, unless it is set already."""
+    if sys.platform != "linux" or "GLIBC_TUNABLES" in os.environ:
+        return
+    env = dict(os.environ, GLIBC_TUNABLES=MALLOC_TUNABLES)
+    os.execve(sys.executable, [sys.executable, "-m", "multimodal_ssl.main", *sys.argv[1:]], env)
+
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    import jax  # imported here so the re-exec above happens before jax loads
+
+    from multimodal_ssl.train import train
+
     config = _CONFIG.value
     workdir = _WORKDIR.value
     if jax.process_index() == 0:
@@ -38,4 +57,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    _reexec_with_malloc_tuning()
     app.run(main)
