@@ -1,1 +1,46 @@
-"""multimodal_ssl.evals."""
+"""Evaluations run by the trainer every ``evals.<name>.every_steps`` steps and at the end.
+
+An evaluator type is a :class:`~multimodal_ssl.evals.common.Evaluator` subclass with
+
+* ``default_config() -> ConfigDict``: every key of ``evals.<name>`` with its default
+  (the config validator checks user keys against it);
+* ``__init__(name, cfg, *, image_size, seed, tokenizer, source_kwargs=None)``: builds
+  its data once;
+* ``run(embed_images, embed_texts) -> {"eval/<name>/<metric>": float}``.
+
+Adding a type means one entry in ``EVALUATORS``. The metric functions
+(``zeroshot_metrics``, ``retrieval_metrics``, ``class_embeddings``) are pure and need
+no model.
+"""
+
+from __future__ import annotations
+
+from multimodal_ssl.evals.common import Evaluator
+from multimodal_ssl.evals.retrieval import RetrievalEvaluator, retrieval_metrics
+from multimodal_ssl.evals.zeroshot import ZeroShotEvaluator, class_embeddings, zeroshot_metrics
+
+EVALUATORS: dict[str, type[Evaluator]] = {
+    ZeroShotEvaluator.TYPE: ZeroShotEvaluator,
+    RetrievalEvaluator.TYPE: RetrievalEvaluator,
+}
+
+
+def get_evaluator(type_name: str) -> type[Evaluator]:
+    """The evaluator class registered as ``type_name``; ValueError lists the valid ones."""
+    if type_name not in EVALUATORS:
+        raise ValueError(
+            f"unknown evaluator type {type_name!r}; valid types are {sorted(EVALUATORS)}"
+        )
+    return EVALUATORS[type_name]
+
+
+__all__ = [
+    "EVALUATORS",
+    "Evaluator",
+    "RetrievalEvaluator",
+    "ZeroShotEvaluator",
+    "class_embeddings",
+    "get_evaluator",
+    "retrieval_metrics",
+    "zeroshot_metrics",
+]

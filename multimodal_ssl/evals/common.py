@@ -1,0 +1,347 @@
+"""Shared machinery of the evaluators: ranking in query chunks, embedding a data pass,
+config resolution, and the :class:`Evaluator` base class.
+
+Ranking convention (used by every evaluator, stated once here): a query's score for a
+candidate is the dot product of their embeddings (cosine similarity for the
+L2-normalised embeddings the model returns). Its *rank* is
+``1 + #(wrong candidates whose score >= the best correct candidate's score)`` — ties
+count against the query (the pessimistic convention), so a model that maps everything
+to one vector gets the worst rank, not the best. Recall@k / top-k accuracy is the
+fraction of queries with ``rank <= k``; with fewer than ``k`` wrong candidates it is 1.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+EmbedFn = Callable[[np.ndarray], Any]  # [b, ...] -> [b, d] f32 (numpy or jax)
+
+# Query chunks hold at most this many scores ([chunk, num_candidates] f32 = 64 MiB).
+SCORE_BLOCK_ELEMENTS = 2**24
+# An evaluator keeps its eval batches in memory after the first pass if they fit.
+CACHE_MAX_BYTES = 256 * 2**20
+
+
+# --------------------------------------------------------------------------- ranking
+
+
+def csr_from_groups(groups: Sequence[Iterable[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Row i's positives ``groups[i]`` -> (indptr [R+1] i64, indices [nnz] i64) with
+    duplicates removed and each row's indices sorted."""
+    rows = [np.unique(np.asarray(list(g), np.int64)) for g in groups]
+    indptr = np.zeros(len(rows) + 1, np.int64)
+    indptr[1:] = np.cumsum([len(r) for r in rows])
+    indices = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    return indptr, indices
+
+
+def transpose_csr(
+    indptr: np.ndarray, indices: np.ndarray, num_cols: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The relation row->cols as col->rows: (indptr [num_cols+1], indices [nnz])."""
+    rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    order = np.lexsort((rows, indices))
+    counts = np.bincount(indices, minlength=num_cols)
+    t_indptr = np.zeros(num_cols + 1, np.int64)
+    t_indptr[1:] = np.cumsum(counts)
+    return t_indptr, rows[order].astype(np.int64)
+
+
+@jax.jit
+def _chunk_ranks(queries: jax.Array, candidates: jax.Array, positives: jax.Array) -> jax.Array:
+    """queries [c, d] f32, candidates [K, d] f32, positives [c, P] i32 (-1 = padding,
+    no duplicates) -> ranks [c] i32 under the pessimistic tie rule."""
+    scores = jnp.matmul(queries, candidates.T, precision=jax.lax.Precision.HIGHEST)
+    valid = positives >= 0
+    pos_scores = jnp.take_along_axis(scores, jnp.maximum(positives, 0), axis=1)
+    best = jnp.max(jnp.where(valid, pos_scores, -jnp.inf), axis=1, keepdims=True)
+    # Every candidate scoring >= best, minus the correct ones among them (taken from the
+    # same score matrix, so equal scores compare exactly).
+    n_ge = jnp.sum(scores >= best, axis=1)
+    n_pos_ge = jnp.sum(valid & (pos_scores >= best), axis=1)
+    return 1 + n_ge - n_pos_ge
+
+
+def rank_of_positives(
+    queries: np.ndarray,
+    candidates: np.ndarray,
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    *,
+    chunk_size: int | None = None,
+) -> np.ndarray:
+    """Rank of the best correct candidate for every query (module docstring's tie rule).
+
+    Args:
+      queries: [Q, d] float (cast to f32).
+      candidates: [K, d] float (cast to f32).
+      indptr, indices: CSR relation, query q's correct candidates are
+        ``indices[indptr[q]:indptr[q+1]]``; every query needs at least one.
+      chunk_size: query rows scored at once (None: as many as fit
+        ``SCORE_BLOCK_ELEMENTS`` scores); only ``[chunk_size, K]`` scores ever exist.
+    Returns:
+      ranks: [Q] i64, 1 = the best correct candidate beats every wrong one.
+    """
+    queries = check_embeddings("queries", queries)
+    candidates = check_embeddings("candidates", candidates, dim=queries.shape[1])
+    num_q, num_k = len(queries), len(candidates)
+    indptr, indices = np.asarray(indptr, np.int64), np.asarray(indices, np.int64)
+    if indptr.shape != (num_q + 1,):
+        raise ValueError(f"indptr: expected shape ({num_q + 1},), got {indptr.shape}")
+    counts = np.diff(indptr)
+    if num_q and counts.min() < 1:
+        raise ValueError(f"query {int(np.argmin(counts))} has no correct candidate")
+    if len(indices) and (indices.min() < 0 or indices.max() >= num_k):
+        raise ValueError(f"indices: must lie in [0, {num_k}), got {indices.min()}..{indices.max()}")
+    if num_q == 0:
+        return np.zeros(0, np.int64)
+    if chunk_size is None:
+        chunk_size = max(1, SCORE_BLOCK_ELEMENTS // max(num_k, 1))
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size: must be >= 1, got {chunk_size}")
+    chunk_size = min(chunk_size, num_q)
+
+    # Positives as a [Q, P] table (-1 = padding). The last chunk is padded to chunk_size
+    # rows so that all chunks share one compiled shape.
+    rows = np.repeat(np.arange(num_q), counts)
+    table = np.full((num_q, int(counts.max())), -1, np.int32)
+    table[rows, np.arange(len(indices)) - indptr[rows]] = indices
+    order = np.lexsort((indices, rows))
+    sorted_rows, sorted_idx = rows[order], indices[order]
+    dup = (sorted_rows[1:] == sorted_rows[:-1]) & (sorted_idx[1:] == sorted_idx[:-1])
+    if np.any(dup):
+        raise ValueError(f"indices: query {int(sorted_rows[1:][dup][0])} lists a candidate twice")
+    cand = jnp.asarray(candidates)
+    ranks = []
+    for start in range(0, num_q, chunk_size):
+        q, pos = queries[start : start + chunk_size], table[start : start + chunk_size]
+        if len(q) < chunk_size:
+            q = np.concatenate([q, np.zeros((chunk_size - len(q), q.shape[1]), q.dtype)])
+            pos = np.concatenate(
+                [pos, np.full((chunk_size - len(pos), pos.shape[1]), -1, pos.dtype)]
+            )
+        ranks.append(_chunk_ranks(jnp.asarray(q), cand, jnp.asarray(pos)))
+    return np.concatenate([np.asarray(chunk) for chunk in ranks])[:num_q].astype(np.int64)
+
+
+def rank_summary(
+    ranks: np.ndarray,
+    ks: Sequence[int],
+    prefix: str,
+    *,
+    recall: str = "r@",
+    rank_stats: bool = True,
+) -> dict[str, float]:
+    """ranks [Q] int (Q >= 1) -> {f"{prefix}_{recall}{k}": fraction of ranks <= k} and,
+    with rank_stats, f"{prefix}_mean_rank" / f"{prefix}_median_rank"."""
+    if len(ranks) == 0:
+        raise ValueError(f"{prefix}: no queries to rank")
+    for k in ks:
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"ks: every k must be an int >= 1, got {k!r}")
+    out = {f"{prefix}_{recall}{k}": float(np.mean(ranks <= k)) for k in ks}
+    if rank_stats:
+        out[f"{prefix}_mean_rank"] = float(np.mean(ranks))
+        out[f"{prefix}_median_rank"] = float(np.median(ranks))
+    return out
+
+
+def check_embeddings(name: str, x: Any, dim: int | None = None) -> np.ndarray:
+    """``x`` as a finite [n, d] f32 numpy array (d == dim if given), else ValueError."""
+    x = np.asarray(x, np.float32)
+    if x.ndim != 2 or (dim is not None and x.shape[1] != dim):
+        want = f"[n, {dim}]" if dim is not None else "[n, d]"
+        raise ValueError(f"{name}: expected shape {want}, got {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{name}: contains NaN or inf")
+    return x
+
+
+# ------------------------------------------------------------------------- embedding
+
+
+def embed_in_batches(embed_fn: EmbedFn, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+    """embed_fn over ``inputs`` [n, ...] in chunks of ``batch_size`` -> [n, d] f32.
+
+    When n > batch_size the last partial chunk is zero-padded to batch_size so a jitted
+    embed_fn sees one shape per call site.
+    """
+    inputs = np.asarray(inputs)
+    n = len(inputs)
+    size = min(batch_size, n)
+    outs = []
+    for start in range(0, n, max(size, 1)):
+        chunk = inputs[start : start + size]
+        rows = len(chunk)
+        if rows < size:
+            pad = np.zeros((size - rows, *chunk.shape[1:]), chunk.dtype)
+            chunk = np.concatenate([chunk, pad])
+        out = np.asarray(embed_fn(chunk), np.float32)
+        if out.ndim != 2 or len(out) != size:
+            raise ValueError(f"embedding of {size} inputs: expected [{size}, d], got {out.shape}")
+        outs.append(out[:rows])
+    if not outs:
+        raise ValueError("no inputs to embed")
+    return np.concatenate(outs)
+
+
+def embed_image_pass(
+    batches: Iterable[Mapping[str, np.ndarray]], embed_images: EmbedFn, keep: Sequence[str] = ()
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Embeds ``batch["image"]`` of every batch: -> (image_emb [N, d] f32, {key: [N, ...]}
+    concatenating ``batch[key]`` for each key in ``keep``)."""
+    embs, kept = [], {k: [] for k in keep}
+    for batch in batches:
+        images = np.asarray(batch["image"])
+        out = np.asarray(embed_images(images), np.float32)
+        if out.ndim != 2 or len(out) != len(images):
+            raise ValueError(f"embed_images: expected [{len(images)}, d], got {out.shape}")
+        embs.append(out)
+        for k in keep:
+            kept[k].append(np.asarray(batch[k]))
+    if not embs:
+        raise ValueError("the eval data is empty")
+    return np.concatenate(embs), {k: np.concatenate(v) for k, v in kept.items()}
+
+
+# ------------------------------------------------------------------ data and config
+
+
+def open_eval_source(spec: str, *, image_size: int, seed: int, source_kwargs: dict | None):
+    """The source ``spec`` (split "test" unless the spec names one)."""
+    # Local import: the evaluator registry is used by config validation, which should
+    # not pull in the input pipeline.
+    from multimodal_ssl.data import sources
+
+    return sources.get_source(
+        spec, image_size=image_size, seed=seed, default_split="test", source_kwargs=source_kwargs
+    )
+
+
+def make_batches(source, *, batch_size: int, tokenizer, image_size: int, max_examples: int | None):
+    """One ordered pass over ``source`` as numpy batches (see data.pipeline)."""
+    from multimodal_ssl.data import pipeline
+
+    return pipeline.make_eval_batches(
+        source,
+        batch_size=batch_size,
+        tokenizer=tokenizer,
+        image_size=image_size,
+        max_examples=max_examples,
+    )
+
+
+class EvalData:
+    """An eval split read in order; after the first complete pass the batches stay in
+    memory when they total at most ``CACHE_MAX_BYTES``."""
+
+    def __init__(self, source, **batch_kwargs: Any):
+        self.source = source
+        self._batch_kwargs = batch_kwargs
+        self._cache: list[dict[str, np.ndarray]] | None = None
+
+    def batches(self) -> Iterator[dict[str, np.ndarray]]:
+        if self._cache is not None:
+            yield from self._cache
+            return
+        kept: list[dict[str, np.ndarray]] | None = []
+        size = 0
+        for batch in make_batches(self.source, **self._batch_kwargs):
+            if kept is not None:
+                size += sum(np.asarray(v).nbytes for v in batch.values())
+                if size <= CACHE_MAX_BYTES:
+                    kept.append(batch)
+                else:
+                    kept = None
+            yield batch
+        self._cache = kept
+
+
+def resolve_config(
+    name: str, cfg: Mapping[str, Any], defaults: ml_collections.ConfigDict
+) -> dict[str, Any]:
+    """``defaults`` overridden by ``cfg``; unknown keys, a missing ``data`` or a wrong
+    ``type`` raise ValueError naming ``evals.<name>.<key>``."""
+    valid = sorted(defaults.keys())
+    for key in cfg.keys():
+        if key not in defaults:
+            raise ValueError(f"evals.{name}.{key}: unknown key; valid keys are {valid}")
+    out = {**defaults.to_dict(), **{k: cfg[k] for k in cfg.keys()}}
+    if out["type"] != defaults.type:
+        raise ValueError(f"evals.{name}.type: expected {defaults.type!r}, got {out['type']!r}")
+    if not isinstance(out["data"], str) or not out["data"]:
+        raise ValueError(
+            f"evals.{name}.data: required source spec (e.g. 'generated:shapes:test'), "
+            f"got {out['data']!r}; valid keys are {valid}"
+        )
+    for key, allow_none in (("every_steps", False), ("batch_size", False), ("max_examples", True)):
+        value = out[key]
+        if value is None and allow_none:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"evals.{name}.{key}: must be an int >= 1, got {value!r}")
+    return out
+
+
+class Evaluator(abc.ABC):
+    """Base of every evaluator type.
+
+    Built by the trainer from ``config.evals.<name>``; ``run`` is called every
+    ``every_steps`` steps and at the end. Subclasses set ``TYPE``, add their own keys
+    in ``default_config`` and implement ``run``.
+    """
+
+    TYPE: ClassVar[str]
+
+    def __init__(
+        self,
+        name: str,
+        cfg: Mapping[str, Any],
+        *,
+        image_size: int,
+        seed: int,
+        tokenizer,
+        source_kwargs: dict | None = None,
+    ):
+        self.name = name
+        self.config = resolve_config(name, cfg, self.default_config())
+        self.every_steps: int = self.config["every_steps"]
+        self.batch_size: int = self.config["batch_size"]
+        self.tokenizer = tokenizer
+        source = open_eval_source(
+            self.config["data"], image_size=image_size, seed=seed, source_kwargs=source_kwargs
+        )
+        self.data = EvalData(
+            source,
+            batch_size=self.batch_size,
+            tokenizer=tokenizer,
+            image_size=image_size,
+            max_examples=self.config["max_examples"],
+        )
+
+    @classmethod
+    def default_config(cls) -> ml_collections.ConfigDict:
+        """Every key of ``evals.<name>`` for this type with its default; ``data`` has none."""
+        return ml_collections.ConfigDict(
+            {
+                "type": cls.TYPE,
+                "data": ml_collections.config_dict.placeholder(str),  # e.g. "generated:shapes:test"
+                "every_steps": 1000,
+                "max_examples": ml_collections.config_dict.placeholder(int),  # None = all
+                "batch_size": 256,
+            }
+        )
+
+    @abc.abstractmethod
+    def run(self, embed_images: EmbedFn, embed_texts: EmbedFn) -> dict[str, float]:
+        """-> {"eval/<name>/<metric>": value}. embed_*: [b, ...] -> L2-normalised [b, d]."""
+
+    def _prefixed(self, metrics: Mapping[str, float]) -> dict[str, float]:
+        return {f"eval/{self.name}/{k}": float(v) for k, v in metrics.items()}

@@ -1,0 +1,246 @@
+"""Building blocks shared by the towers: size variants, dtypes, the pre-LN transformer
+encoder, the MLP, multi-head attention pooling (MAP) and sin-cos position embeddings.
+
+Parameter names mirror big_vision (``Transformer/encoderblock_{i}/{LayerNorm_0,
+MultiHeadDotProductAttention_0, LayerNorm_1, MlpBlock_0}``, ``encoder_norm``,
+``MAPHead_0/{probe, ...}``), so big_vision checkpoints map onto our trees one to one.
+Attention is built in one place (:func:`attention`), so a fused kernel can be swapped in
+without touching the towers.
+
+Precision: parameters are always float32; ``dtype`` is the compute dtype of matmuls and
+activations. LayerNorm statistics and attention softmax are computed in float32.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+# LayerNorm epsilon of big_vision / SigLIP (and HF SiglipConfig.layer_norm_eps).
+LN_EPS = 1e-6
+
+# Size variants (width, depth, mlp_dim, num_heads) as in big_vision's vit.decode_variant,
+# after Table 2 of https://arxiv.org/abs/2106.04560 ("So400m": arXiv 2305.13035).
+VARIANTS: dict[str, tuple[int, int, int, int]] = {
+    "mu": (32, 1, 128, 2),
+    "Ti": (192, 12, 768, 3),
+    "S": (384, 12, 1536, 6),
+    "M": (512, 12, 2048, 8),
+    "B": (768, 12, 3072, 12),
+    "L": (1024, 24, 4096, 16),
+    "So400m": (1152, 27, 4304, 16),
+    "H": (1280, 32, 5120, 16),
+    "g": (1408, 40, 6144, 16),
+    "G": (1664, 48, 8192, 16),
+    "e": (1792, 56, 15360, 16),
+}
+SIZE_KEYS = ("width", "depth", "mlp_dim", "num_heads")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def _lookup_variant(name: str) -> tuple[int, int, int, int]:
+    """Exact name first, then case-insensitive if unambiguous ("b" -> "B", but "g"/"G"
+    are the distinct giant and gigantic sizes and must be spelled exactly)."""
+    if name in VARIANTS:
+        return VARIANTS[name]
+    matches = [k for k in VARIANTS if k.lower() == name.lower()]
+    if len(matches) == 1:
+        return VARIANTS[matches[0]]
+    raise ValueError(f"variant: unknown size {name!r}; valid sizes are {list(VARIANTS)}")
+
+
+def parse_variant(variant: str, *, with_patch: bool) -> dict[str, Any]:
+    """``"B/16"`` -> ``{"width": 768, "depth": 12, "mlp_dim": 3072, "num_heads": 12,
+    "patch_size": (16, 16)}``; ``with_patch=False`` (text) rejects a ``/patch`` part."""
+    match = re.fullmatch(r"([A-Za-z0-9]+)(?:/(\d+))?", variant.strip())
+    if match is None:
+        raise ValueError(
+            f"variant: cannot parse {variant!r}; expected SIZE or SIZE/PATCH with SIZE in "
+            f"{list(VARIANTS)}"
+        )
+    name, patch = match.groups()
+    sizes: dict[str, Any] = dict(zip(SIZE_KEYS, _lookup_variant(name), strict=True))
+    if patch is not None:
+        if not with_patch:
+            raise ValueError(f"variant: {variant!r} has a patch size, but this tower has none")
+        sizes["patch_size"] = (int(patch), int(patch))
+    return sizes
+
+
+def resolve_sizes(
+    owner: str, variant: str | None, overrides: Mapping[str, Any], *, with_patch: bool
+) -> dict[str, Any]:
+    """Sizes from ``variant``, replaced by every override that is not None.
+
+    Raises ValueError naming ``owner.key`` for a size that neither sets.
+    """
+    sizes = parse_variant(variant, with_patch=with_patch) if variant else {}
+    sizes.update({k: v for k, v in overrides.items() if v is not None})
+    missing = [k for k in overrides if k not in sizes]
+    if missing:
+        raise ValueError(
+            f"{owner}: no value for {missing}; set them or a variant such as "
+            f"{'mu/4' if with_patch else 'mu'}"
+        )
+    for key in SIZE_KEYS:
+        if int(sizes[key]) < 1:
+            raise ValueError(f"{owner}.{key}: must be >= 1, got {sizes[key]!r}")
+    if sizes["width"] % sizes["num_heads"]:
+        raise ValueError(
+            f"{owner}.num_heads: width {sizes['width']} is not divisible by "
+            f"num_heads {sizes['num_heads']}"
+        )
+    return sizes
+
+
+def compute_dtype(dtype: Any) -> jnp.dtype:
+    """``"float32"``/``"bfloat16"`` (or the jnp dtype) -> jnp dtype; else ValueError."""
+    try:
+        resolved = jnp.dtype(dtype)
+    except TypeError:
+        resolved = None
+    if resolved is None or resolved.name not in COMPUTE_DTYPES:
+        raise ValueError(f"dtype: {dtype!r} is not one of {list(COMPUTE_DTYPES)}")
+    return resolved
+
+
+def posemb_sincos2d(
+    h: int, w: int, width: int, temperature: float = 10_000.0, dtype: Any = jnp.float32
+) -> jnp.ndarray:
+    """Fixed 2-D sin-cos position embedding (MoCo v3 / big_vision): ``[1, h*w, width]``.
+
+    Row-major over the (h, w) grid; features are ``[sin(x·ω), cos(x·ω), sin(y·ω),
+    cos(y·ω)]`` with ``ω_k = temperature^(-k/(width/4-1))``, x the column, y the row.
+    """
+    if width % 4 or width < 8:
+        raise ValueError(f"posemb: sincos2d needs width divisible by 4 and >= 8, got {width}")
+    y, x = np.mgrid[:h, :w]
+    omega = 1.0 / temperature ** (np.arange(width // 4) / (width // 4 - 1))
+    y = np.einsum("m,d->md", y.flatten(), omega)
+    x = np.einsum("m,d->md", x.flatten(), omega)
+    pe = np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)
+    return jnp.asarray(pe[None], dtype)
+
+
+def layer_norm(dtype: Any, name: str) -> nn.LayerNorm:
+    """LayerNorm with eps 1e-6, f32 statistics (two-pass variance, as in PyTorch)."""
+    return nn.LayerNorm(epsilon=LN_EPS, dtype=dtype, use_fast_variance=False, name=name)
+
+
+def attention(num_heads: int, dtype: Any, name: str) -> nn.MultiHeadDotProductAttention:
+    """The one multi-head attention used everywhere.
+
+    Params: ``{query,key,value}/kernel [d, heads, d/heads]``, ``bias [heads, d/heads]``,
+    ``out/kernel [heads, d/heads, d]``, ``out/bias [d]``; softmax in float32.
+    """
+    return nn.MultiHeadDotProductAttention(
+        num_heads=num_heads,
+        dtype=dtype,
+        kernel_init=nn.initializers.xavier_uniform(),
+        force_fp32_for_softmax=True,
+        deterministic=True,
+        name=name,
+    )
+
+
+class MlpBlock(nn.Module):
+    """Dense(mlp_dim) -> GELU -> Dense(d). x: [..., d] -> [..., d] in ``dtype``.
+
+    ``gelu_approximate=True`` is the tanh GELU of SigLIP / big_vision.
+    """
+
+    mlp_dim: int
+    gelu_approximate: bool = True
+    dropout: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
+        inits = {
+            "kernel_init": nn.initializers.xavier_uniform(),
+            "bias_init": nn.initializers.normal(stddev=1e-6),
+        }
+        d = x.shape[-1]
+        x = nn.Dense(self.mlp_dim, dtype=self.dtype, name="Dense_0", **inits)(x)
+        x = nn.gelu(x, approximate=self.gelu_approximate)
+        x = nn.Dropout(rate=self.dropout)(x, deterministic=not train)
+        return nn.Dense(d, dtype=self.dtype, name="Dense_1", **inits)(x)
+
+
+class EncoderBlock(nn.Module):
+    """Pre-LN block: ``x + MHA(LN(x))``, then ``x + MLP(LN(x))``. x: [b, l, d] -> same.
+
+    Bidirectional (no mask), as in SigLIP's towers.
+    """
+
+    mlp_dim: int
+    num_heads: int
+    gelu_approximate: bool = True
+    dropout: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
+        y = layer_norm(self.dtype, "LayerNorm_0")(x)
+        y = attention(self.num_heads, self.dtype, "MultiHeadDotProductAttention_0")(y, y)
+        x = x + nn.Dropout(rate=self.dropout)(y, deterministic=not train)
+        y = layer_norm(self.dtype, "LayerNorm_1")(x)
+        y = MlpBlock(
+            self.mlp_dim, self.gelu_approximate, self.dropout, self.dtype, name="MlpBlock_0"
+        )(y, train=train)
+        return x + nn.Dropout(rate=self.dropout)(y, deterministic=not train)
+
+
+class Encoder(nn.Module):
+    """``depth`` blocks ``encoderblock_{i}`` then LayerNorm ``encoder_norm``.
+
+    x: [b, l, d] -> [b, l, d] in ``dtype``.
+    """
+
+    depth: int
+    mlp_dim: int
+    num_heads: int
+    gelu_approximate: bool = True
+    dropout: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
+        for i in range(self.depth):
+            x = EncoderBlock(
+                self.mlp_dim,
+                self.num_heads,
+                self.gelu_approximate,
+                self.dropout,
+                self.dtype,
+                name=f"encoderblock_{i}",
+            )(x, train=train)
+        return layer_norm(self.dtype, "encoder_norm")(x)
+
+
+class MAPHead(nn.Module):
+    """Multi-head attention pooling (big_vision / SigLIP): a learned ``probe`` [1, 1, d]
+    attends over the tokens, then ``x + MLP(LN(x))``. x: [b, l, d] -> [b, d].
+
+    Permutation-invariant in the tokens: there is no position information in the head.
+    """
+
+    mlp_dim: int
+    num_heads: int
+    gelu_approximate: bool = True
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        b, _, d = x.shape
+        probe = self.param("probe", nn.initializers.xavier_uniform(), (1, 1, d), jnp.float32)
+        probe = jnp.broadcast_to(probe.astype(self.dtype), (b, 1, d))
+        x = attention(self.num_heads, self.dtype, "MultiHeadDotProductAttention_0")(probe, x)
+        y = layer_norm(self.dtype, "LayerNorm_0")(x)
+        x = x + MlpBlock(self.mlp_dim, self.gelu_approximate, dtype=self.dtype, name="MlpBlock_0")(y)
+        return x[:, 0]

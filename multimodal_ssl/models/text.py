@@ -1,0 +1,105 @@
+"""Text transformer of SigLIP / big_vision: bidirectional pre-LN encoder over tokens.
+
+Param tree (big_vision names): ``Embed_0/embedding [vocab_size, d]``,
+``pos_embedding [1, max_len, d]``, ``Encoder_0/{encoderblock_{i}, encoder_norm}``,
+``MAPHead_0`` (pool "map"), ``head/{kernel, bias}`` (when ``num_classes``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from multimodal_ssl.models.common import Encoder, MAPHead, compute_dtype, resolve_sizes
+
+POOLS = ("last", "first", "mean", "map")
+
+
+class TextTransformer(nn.Module):
+    """tokens i32 [b, L] (L <= max_len) -> [b, num_classes or width] float32.
+
+    No attention mask (SigLIP convention: fixed-length sequences, padding attended to).
+    Sizes come from ``variant`` (e.g. ``"B"``, ``"mu"``; no patch part), replaced by any
+    of ``width``, ``depth``, ``mlp_dim``, ``num_heads`` that is set. ``pool``: ``"last"``
+    (position -1, SigLIP), ``"first"``, ``"mean"`` or ``"map"``. ``num_classes=None``:
+    no ``head``. ``dtype``: compute dtype; params are float32.
+    """
+
+    variant: str | None = None
+    width: int | None = None
+    depth: int | None = None
+    mlp_dim: int | None = None
+    num_heads: int | None = None
+    vocab_size: int = 32_000
+    max_len: int = 64
+    pool: str = "last"
+    num_classes: int | None = None
+    gelu_approximate: bool = True
+    dropout: float = 0.0
+    dtype: Any = "float32"
+
+    def sizes(self) -> dict[str, Any]:
+        """Resolved ``width, depth, mlp_dim, num_heads``."""
+        return resolve_sizes(
+            "TextTransformer",
+            self.variant,
+            {
+                "width": self.width,
+                "depth": self.depth,
+                "mlp_dim": self.mlp_dim,
+                "num_heads": self.num_heads,
+            },
+            with_patch=False,
+        )
+
+    @nn.compact
+    def __call__(self, text: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
+        if self.pool not in POOLS:
+            raise ValueError(f"TextTransformer.pool: {self.pool!r} is not one of {list(POOLS)}")
+        sizes = self.sizes()
+        dtype = compute_dtype(self.dtype)
+        width = sizes["width"]
+        if text.ndim != 2 or not jnp.issubdtype(text.dtype, jnp.integer):
+            raise ValueError(f"TextTransformer: text must be int [b, L], got {text.dtype}{text.shape}")
+        if text.shape[1] > self.max_len:
+            raise ValueError(
+                f"TextTransformer: text length {text.shape[1]} exceeds max_len {self.max_len}"
+            )
+
+        x = nn.Embed(self.vocab_size, width, dtype=dtype, name="Embed_0")(text)
+        pos = self.param(
+            "pos_embedding",
+            nn.initializers.normal(stddev=1 / np.sqrt(width)),
+            (1, self.max_len, width),
+            jnp.float32,
+        )
+        x = x + pos[:, : text.shape[1]].astype(dtype)
+        x = nn.Dropout(rate=self.dropout)(x, deterministic=not train)
+
+        x = Encoder(
+            sizes["depth"],
+            sizes["mlp_dim"],
+            sizes["num_heads"],
+            self.gelu_approximate,
+            self.dropout,
+            dtype,
+            name="Encoder_0",
+        )(x, train=train)
+
+        if self.pool == "last":
+            x = x[:, -1]
+        elif self.pool == "first":
+            x = x[:, 0]
+        elif self.pool == "mean":
+            x = jnp.mean(x, axis=1)
+        else:
+            x = MAPHead(
+                sizes["mlp_dim"], sizes["num_heads"], self.gelu_approximate, dtype,
+                name="MAPHead_0",
+            )(x)
+        if self.num_classes:
+            x = nn.Dense(self.num_classes, dtype=dtype, name="head")(x)
+        return x.astype(jnp.float32)

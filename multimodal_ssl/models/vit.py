@@ -1,0 +1,130 @@
+"""Vision Transformer (Dosovitskiy et al., 2021) as used by SigLIP / big_vision.
+
+Param tree (big_vision names): ``embedding/{kernel [p, p, C, d], bias}``,
+``pos_embedding [1, h*w, d]`` (posemb "learn"), ``cls [1, 1, d]`` (pool "tok"),
+``Transformer/{encoderblock_{i}, encoder_norm}``, ``MAPHead_0`` (pool "map"),
+``head/{kernel, bias}`` (when ``num_classes``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from multimodal_ssl.models.common import (
+    Encoder,
+    MAPHead,
+    compute_dtype,
+    posemb_sincos2d,
+    resolve_sizes,
+)
+
+POOLS = ("map", "gap", "tok")
+POSEMBS = ("learn", "sincos2d")
+
+
+class ViT(nn.Module):
+    """images [b, H, W, C] float -> [b, num_classes or width] float32.
+
+    Sizes come from ``variant`` (e.g. ``"B/16"``, ``"mu/4"``, case-insensitive) and are
+    replaced by any of ``width``, ``depth``, ``mlp_dim``, ``num_heads``, ``patch_size``
+    that is set. ``pool``: ``"map"`` (attention pooling), ``"gap"`` (token mean) or
+    ``"tok"`` (a prepended learned class token). ``num_classes=None``: no ``head``.
+    ``dtype``: compute dtype ("float32" | "bfloat16"); params are float32.
+    """
+
+    variant: str | None = None
+    width: int | None = None
+    depth: int | None = None
+    mlp_dim: int | None = None
+    num_heads: int | None = None
+    patch_size: int | Sequence[int] | None = None
+    posemb: str = "learn"
+    pool: str = "map"
+    num_classes: int | None = None
+    gelu_approximate: bool = True
+    dropout: float = 0.0
+    dtype: Any = "float32"
+
+    def sizes(self) -> dict[str, Any]:
+        """Resolved ``width, depth, mlp_dim, num_heads`` and ``patch_size`` (a pair)."""
+        patch = self.patch_size
+        if isinstance(patch, int):
+            patch = (patch, patch)
+        sizes = resolve_sizes(
+            "ViT",
+            self.variant,
+            {
+                "width": self.width,
+                "depth": self.depth,
+                "mlp_dim": self.mlp_dim,
+                "num_heads": self.num_heads,
+                "patch_size": None if patch is None else tuple(patch),
+            },
+            with_patch=True,
+        )
+        if len(sizes["patch_size"]) != 2:
+            raise ValueError(f"ViT.patch_size: expected an int or a pair, got {self.patch_size!r}")
+        return sizes
+
+    @nn.compact
+    def __call__(self, image: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
+        if self.pool not in POOLS:
+            raise ValueError(f"ViT.pool: {self.pool!r} is not one of {list(POOLS)}")
+        if self.posemb not in POSEMBS:
+            raise ValueError(f"ViT.posemb: {self.posemb!r} is not one of {list(POSEMBS)}")
+        sizes = self.sizes()
+        dtype = compute_dtype(self.dtype)
+        width, patch = sizes["width"], sizes["patch_size"]
+        if image.ndim != 4 or image.shape[1] % patch[0] or image.shape[2] % patch[1]:
+            raise ValueError(
+                f"ViT: image must be [b, H, W, C] with H, W divisible by patch {patch}, "
+                f"got shape {image.shape}"
+            )
+
+        x = nn.Conv(
+            width, patch, strides=patch, padding="VALID", dtype=dtype, name="embedding"
+        )(image.astype(dtype))
+        b, h, w, _ = x.shape
+        x = x.reshape(b, h * w, width)
+        if self.posemb == "learn":
+            pos = self.param(
+                "pos_embedding",
+                nn.initializers.normal(stddev=1 / np.sqrt(width)),
+                (1, h * w, width),
+                jnp.float32,
+            )
+        else:
+            pos = posemb_sincos2d(h, w, width)
+        x = x + pos.astype(dtype)  # before the class token, which has no position
+        if self.pool == "tok":
+            cls = self.param("cls", nn.initializers.zeros, (1, 1, width), jnp.float32)
+            x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (b, 1, width)), x], axis=1)
+        x = nn.Dropout(rate=self.dropout)(x, deterministic=not train)
+
+        x = Encoder(
+            sizes["depth"],
+            sizes["mlp_dim"],
+            sizes["num_heads"],
+            self.gelu_approximate,
+            self.dropout,
+            dtype,
+            name="Transformer",
+        )(x, train=train)
+
+        if self.pool == "map":
+            x = MAPHead(
+                sizes["mlp_dim"], sizes["num_heads"], self.gelu_approximate, dtype,
+                name="MAPHead_0",
+            )(x)
+        elif self.pool == "gap":
+            x = jnp.mean(x, axis=1)
+        else:
+            x = x[:, 0]
+        if self.num_classes:
+            x = nn.Dense(self.num_classes, dtype=dtype, name="head")(x)
+        return x.astype(jnp.float32)
