@@ -79,6 +79,10 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def _is_dict(value: Any) -> bool:
+    return isinstance(value, Mapping | ml_collections.ConfigDict)
+
+
 def _fail(path: str, message: str) -> None:
     raise ValueError(f"config.{path}: {message}")
 
@@ -91,8 +95,8 @@ def _check_keys(cfg: Mapping[str, Any], schema: Mapping[str, Any], path: str) ->
         if sub in _OPEN_SUBTREES:
             continue
         expected = schema[key]
-        if isinstance(expected, Mapping):
-            if not isinstance(value, Mapping):
+        if _is_dict(expected):
+            if not _is_dict(value):
                 _fail(sub, f"expected a dict of {sorted(expected)}, got {value!r}")
             _check_keys(value, expected, sub)
         elif expected is not None and value is not None:
@@ -167,7 +171,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     from multimodal_ssl.evals import get_evaluator  # local: evals import data and models
 
     for name, eval_cfg in config.evals.items():
-        if not isinstance(eval_cfg, Mapping) or "type" not in eval_cfg:
+        if not _is_dict(eval_cfg) or "type" not in eval_cfg:
             _fail(f"evals.{name}", "must be a dict with a 'type' key")
         try:
             evaluator_cls = get_evaluator(eval_cfg["type"])

@@ -138,8 +138,9 @@ def test_bad_inputs_raise(call, match):
 def test_bad_mesh_arguments_raise():
     x = jnp.ones((6, 4))
     mesh = jax.make_mesh((4,), ("data",), devices=jax.devices()[:4])
-    with pytest.raises(ValueError, match="divisible"):
-        softmax_loss(x, x, 0.0, impl="all_gather", mesh=mesh)
+    for impl in ("global", "all_gather", "ring"):
+        with pytest.raises(ValueError, match="batch 6 of x and y must be divisible by the 4"):
+            softmax_loss(x, x, 0.0, impl=impl, mesh=mesh)
     with pytest.raises(ValueError, match="batch_axes"):
         softmax_loss(x, x, 0.0, impl="ring", mesh=mesh, batch_axes=("fsdp",))
     other = jax.make_mesh((4,), ("replica",), devices=jax.devices()[:4])

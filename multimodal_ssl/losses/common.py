@@ -95,7 +95,17 @@ def _place(a: jax.Array, mesh: Mesh, spec: P) -> jax.Array:
 
 
 def place_batch(mesh: Mesh, axes: tuple[str, ...], *arrays: jax.Array) -> list[jax.Array]:
-    """Shards each ``[B, d]`` array's rows over ``axes`` of ``mesh``."""
+    """Shards each ``[B, d]`` array's rows over ``axes`` of ``mesh``.
+
+    Raises ValueError when B is not divisible by the number of shards.
+    """
+    w = ring_size(mesh, axes)
+    for a in arrays:
+        if a.shape[0] % w:
+            raise ValueError(
+                f"batch {a.shape[0]} of x and y must be divisible by the {w} shards of "
+                f"batch_axes {axes}"
+            )
     return [_place(a, mesh, P(axes, None)) for a in arrays]
 
 
@@ -119,11 +129,6 @@ def run_sharded(
         raise ValueError(f"impl={impl!r} runs inside jax.shard_map and needs mesh=, got None")
     axes = resolve_batch_axes(mesh, batch_axes)
     w = ring_size(mesh, axes)
-    if x.shape[0] % w:
-        raise ValueError(
-            f"batch {x.shape[0]} of x and y must be divisible by the {w} shards of "
-            f"batch_axes {axes}"
-        )
     x, y = place_batch(mesh, axes, x, y)
     scalars = [_place(s, mesh, P()) for s in scalars]
     spec = P(axes, None)

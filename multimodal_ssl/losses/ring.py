@@ -13,8 +13,10 @@ lets it score its own text block and then every other device's, exactly once eac
 
 So there are ``ceil((W-1)/2)`` rounds. Each travelling block carries an accumulator
 (column log-sum-exp state, or its gradient buffer in a backward pass) that is updated by
-every device it visits and sent home at the end with one ``ppermute``. Per-device memory
-is a handful of ``[b, d]`` buffers plus one tile, independent of W.
+every device it visits and sent home at the end with one ``ppermute``; the right-going
+copy starts from the own block's accumulator, so no separate home copy is kept. Visits
+run strictly one after another, so per-device memory is about ten ``[b, d]`` buffers
+plus one tile's scores, independent of W.
 
 ``tile_loop`` scores a ``b x b`` block as ``c x c`` tiles in a ``fori_loop`` so the
 score matrix in flight is ``O(c^2)``.
@@ -72,6 +74,19 @@ def shift(tree: Tree, spec: RingSpec, k: int) -> Tree:
     return jax.tree.map(lambda a: jax.lax.ppermute(a, spec.axes, perm), tree)
 
 
+def _pair(right: Tree, left: Tree) -> Tree:
+    return jax.tree.map(lambda a, b: jnp.stack([a, b]), right, left)
+
+
+def _half(pair: Tree, k: Any) -> Tree:
+    return jax.tree.map(lambda p: p[k], pair)
+
+
+def _shift_pair(pair: Tree, spec: RingSpec) -> Tree:
+    """Sends the first half of a pair right (+1) and the second half left (-1)."""
+    return _pair(shift(_half(pair, 0), spec, 1), shift(_half(pair, 1), spec, -1))
+
+
 def ring_visit(
     spec: RingSpec,
     visit: Callable[[Tree, Tree, Tree, bool], tuple[Tree, Tree]],
@@ -88,35 +103,45 @@ def ring_visit(
     block: pytree of text-side arrays (sent ahead of use); acc_init: varying pytree.
     merge(acc, acc) combines two accumulators of the same block.
     Returns the final state and the merged accumulator of the own block, back home.
+
+    The two blocks of a round (and their accumulators) are stacked on a leading axis of 2
+    and visited in a 2-step loop, so visits run strictly one after another and only one
+    block's scores are live at a time, whatever order the scheduler picks.
     """
+
+    def visit_pair(state, blocks, accs):
+        def step(k, carry):
+            state, accs = carry
+            state, acc = visit(state, _half(blocks, k), _half(accs, k), False)
+            return state, jax.tree.map(lambda p, a: p.at[k].set(a), accs, acc)
+
+        return jax.lax.fori_loop(0, 2, step, (state, accs))
+
     state, acc = visit(state, block, acc_init, True)
     w, rounds = spec.W, (spec.W - 1) // 2
     if rounds:
-        right, left = shift(block, spec, 1), shift(block, spec, -1)
+        blocks = _pair(shift(block, spec, 1), shift(block, spec, -1))
 
         def round_(_, carry):
-            state, right, acc_r, left, acc_l = carry
-            next_right, next_left = shift(right, spec, 1), shift(left, spec, -1)
-            state, acc_r = visit(state, right, acc_r, False)
-            state, acc_l = visit(state, left, acc_l, False)
-            return state, next_right, shift(acc_r, spec, 1), next_left, shift(acc_l, spec, -1)
+            state, blocks, accs = carry
+            next_blocks = _shift_pair(blocks, spec)
+            state, accs = visit_pair(state, blocks, accs)
+            return state, next_blocks, _shift_pair(accs, spec)
 
-        carry = (state, right, acc_init, left, acc_init)
-        state, right, acc_r, left, acc_l = jax.lax.fori_loop(0, rounds - 1, round_, carry)
-        antipode = shift(right, spec, 1) if w % 2 == 0 else None
-        state, acc_r = visit(state, right, acc_r, False)
-        state, acc_l = visit(state, left, acc_l, False)
-        acc = merge(acc, shift(acc_l, spec, rounds))
+        # The own block's accumulator travels right with the block's first copy.
+        carry = (state, blocks, _pair(shift(acc, spec, 1), acc_init))
+        state, blocks, accs = jax.lax.fori_loop(0, rounds - 1, round_, carry)
+        antipode = shift(_half(blocks, 0), spec, 1) if w % 2 == 0 else None
+        state, accs = visit_pair(state, blocks, accs)
+        acc, home_l = _half(accs, 0), shift(_half(accs, 1), spec, rounds)
     if w % 2 == 0:
         # The antipodal block k - W/2, scored once; on W == 2 it is the only other block.
-        if rounds:
-            right, acc_r = antipode, shift(acc_r, spec, 1)
-        else:
-            right, acc_r = shift(block, spec, 1), acc_init
-        state, acc_r = visit(state, right, acc_r, False)
-        acc = merge(acc, shift(acc_r, spec, -(rounds + 1)))
-    elif rounds:
-        acc = merge(acc, shift(acc_r, spec, -rounds))
+        right = antipode if rounds else shift(block, spec, 1)
+        state, acc = visit(state, right, shift(acc, spec, 1), False)
+    if w > 1:
+        acc = shift(acc, spec, -(w // 2))  # home from k + W/2 (even W) or k + (W-1)/2
+    if rounds:
+        acc = merge(acc, home_l)
     return state, acc
 
 
@@ -148,26 +173,26 @@ def add_rows(a: jax.Array, start: Any, update: jax.Array) -> jax.Array:
 
 
 def tile_scores(
-    xs: jax.Array, y: jax.Array, i0: Any, j0: Any, c: int, own: bool
+    x: jax.Array, y: jax.Array, scale: jax.Array, i0: Any, j0: Any, c: int, own: bool
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
     """One tile's operands and scaled scores.
 
-    xs: ``[b, d]`` image rows already multiplied by the scale ``s`` (accumulation dtype);
-    y: ``[b, d]`` text rows (any float dtype). Returns ``xs[i0:i0+c]`` and
-    ``y[j0:j0+c]`` as ``[c, d]`` in the accumulation dtype, the scores
-    ``s * x_i . y_j`` ``[c, c]`` and, for the own block, the positives mask ``[c, c]``
-    (``i0 + r == j0 + q``), else None.
+    x, y: ``[b, d]`` image / text rows (any float dtype); scale: ``s`` in the accumulation
+    dtype. Returns ``s * x[i0:i0+c]`` and ``y[j0:j0+c]`` as ``[c, d]`` in the accumulation
+    dtype, the scores ``s * x_i . y_j`` ``[c, c]`` and, for the own block, the positives
+    mask ``[c, c]`` (``i0 + r == j0 + q``), else None.
 
-    The scale is folded into ``xs`` (not applied to the dot's output) so every consumer
-    of a score sees the same rounded value: XLA may otherwise fuse ``s * xy - m`` into an
-    FMA in one fusion and round ``s * xy`` in another, which at |logits| ~ 1e3 puts
-    ~1e-5 errors into the softmax probabilities.
+    The scale is folded into the ``[c, d]`` operand, not applied to the dot's output, so
+    every consumer of a score sees the same rounded value: XLA may otherwise fuse
+    ``s * xy - m`` into an FMA in one fusion and round ``s * xy`` in another, which at
+    |logits| ~ 1e3 puts ~1e-5 errors into the softmax probabilities.
     """
-    xi, yj = rows(xs, i0, c), rows(y, j0, c).astype(xs.dtype)
-    scores = jnp.einsum("id,jd->ij", xi, yj)
+    xsi = scale * rows(x, i0, c).astype(scale.dtype)
+    yj = rows(y, j0, c).astype(scale.dtype)
+    scores = jnp.einsum("id,jd->ij", xsi, yj)
     pos = None
     if own:
         r = jax.lax.broadcasted_iota(jnp.int32, (c, c), 0)
         q = jax.lax.broadcasted_iota(jnp.int32, (c, c), 1)
         pos = (r + i0) == (q + j0)
-    return xi, yj, scores, pos
+    return xsi, yj, scores, pos

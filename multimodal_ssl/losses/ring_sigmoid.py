@@ -33,11 +33,11 @@ def _signed_logits(scores: jax.Array, pos: jax.Array | None, bias: jax.Array) ->
 def _forward(x, y, t, b, spec: RingSpec) -> jax.Array:
     """This device's loss share ``-1/B * sum_{local i, all j} log sigmoid(...)``."""
     acc = jnp.promote_types(x.dtype, jnp.float32)
-    xs, bias, n, c = jnp.exp(t.astype(acc)) * x.astype(acc), b.astype(acc), x.shape[0], spec.chunk
+    s, bias, n, c = jnp.exp(t.astype(acc)), b.astype(acc), x.shape[0], spec.chunk
 
     def visit(total, yb, blk_acc, own):
         def tile(total, i0, j0):
-            _, _, scores, pos = tile_scores(xs, yb, i0, j0, c, own)
+            _, _, scores, pos = tile_scores(x, yb, s, i0, j0, c, own)
             return total - jnp.sum(jax.nn.log_sigmoid(_signed_logits(scores, pos, bias)))
 
         return tile_loop(n, c, tile, total), blk_acc
@@ -60,21 +60,22 @@ def _local_loss_bwd(spec, res, ct):
     x, y, t, b = res
     acc = jnp.promote_types(x.dtype, jnp.float32)
     s, bias, n, c = jnp.exp(t.astype(acc)), b.astype(acc), x.shape[0], spec.chunk
-    xs = s * x.astype(acc)
     scale = ct.astype(acc) / spec.batch
 
     def visit(state, yb, dy, own):
         def tile(carry, i0, j0):
             (dx, dt, db), dy = carry
-            xsi, yj, scores, pos = tile_scores(xs, yb, i0, j0, c, own)
+            xsi, yj, scores, pos = tile_scores(x, yb, s, i0, j0, c, own)
             # d/dl of -log sigmoid(z l) is -z sigmoid(-z l).
             zl = _signed_logits(scores, pos, bias)
             g = scale * jax.nn.sigmoid(-zl)
             if pos is not None:
                 g = jnp.where(pos, -g, g)
-            dx = add_rows(dx, i0, s * (g @ yj))
+            gy = g @ yj
+            dx = add_rows(dx, i0, s * gy)
             dy = add_rows(dy, j0, g.T @ xsi)
-            return (dx, dt + jnp.sum(g * scores), db + jnp.sum(g)), dy
+            # sum(g * scores) as sum(xsi * gy): the [c, c] scores need not stay live.
+            return (dx, dt + jnp.sum(xsi * gy), db + jnp.sum(g)), dy
 
         return tile_loop(n, c, tile, (state, dy))
 

@@ -51,14 +51,13 @@ def _merge(a, b):
 def _forward(x, y, t, spec: RingSpec):
     """Local loss share and the row / column ``(max, sum)`` pairs (``[b]`` each)."""
     acc = jnp.promote_types(x.dtype, jnp.float32)
-    n, c = x.shape[0], spec.chunk
-    xs = jnp.exp(t.astype(acc)) * x.astype(acc)
+    s, n, c = jnp.exp(t.astype(acc)), x.shape[0], spec.chunk
     put = jax.lax.dynamic_update_slice_in_dim
 
     def visit(state, yb, col_acc, own):
         def tile(carry, i0, j0):
             ((rm, rs), pos), (cm, cs) = carry
-            _, _, logits, pos_mask = tile_scores(xs, yb, i0, j0, c, own)
+            _, _, logits, pos_mask = tile_scores(x, yb, s, i0, j0, c, own)
             if own:  # the positives, taken from the same logits as the LSEs
                 pos = add_rows(pos, i0, jnp.sum(jnp.where(pos_mask, logits, 0), axis=1))
             rm_i, rs_i = _online_update(rows(rm, i0, c), rows(rs, i0, c), logits, 1)
@@ -92,7 +91,6 @@ def _local_loss_bwd(spec, res, ct):
     x, y, t, row_stats, col_stats = res
     acc = jnp.promote_types(x.dtype, jnp.float32)
     s, n, c = jnp.exp(t.astype(acc)), x.shape[0], spec.chunk
-    xs = s * x.astype(acc)
     scale = ct.astype(acc) / (2 * spec.batch)
 
     def visit(state, block, dy, own):
@@ -100,15 +98,17 @@ def _local_loss_bwd(spec, res, ct):
 
         def tile(carry, i0, j0):
             (dx, dt), dy = carry
-            xsi, yj, logits, pos = tile_scores(xs, yb, i0, j0, c, own)
+            xsi, yj, logits, pos = tile_scores(x, yb, s, i0, j0, c, own)
             rm, rs = (rows(a, i0, c)[:, None] for a in row_stats)
             cm, cs = (rows(a, j0, c)[None, :] for a in col_stats_b)
             g = scale * (jnp.exp(logits - rm) / rs + jnp.exp(logits - cm) / cs)
             if own:  # the positives: -l_ii / B (one per direction, each weighted 1 / 2B)
                 g = jnp.where(pos, g - 2 * scale, g)
-            dx = add_rows(dx, i0, s * (g @ yj))
+            gy = g @ yj
+            dx = add_rows(dx, i0, s * gy)
             dy = add_rows(dy, j0, g.T @ xsi)
-            return (dx, dt + jnp.sum(g * logits)), dy
+            # sum(g * logits) as sum(xsi * gy): the [c, c] logits need not stay live.
+            return (dx, dt + jnp.sum(xsi * gy)), dy
 
         return tile_loop(n, c, tile, (state, dy))
 

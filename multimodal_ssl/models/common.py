@@ -242,5 +242,7 @@ class MAPHead(nn.Module):
         probe = jnp.broadcast_to(probe.astype(self.dtype), (b, 1, d))
         x = attention(self.num_heads, self.dtype, "MultiHeadDotProductAttention_0")(probe, x)
         y = layer_norm(self.dtype, "LayerNorm_0")(x)
-        x = x + MlpBlock(self.mlp_dim, self.gelu_approximate, dtype=self.dtype, name="MlpBlock_0")(y)
+        x = x + MlpBlock(self.mlp_dim, self.gelu_approximate, dtype=self.dtype, name="MlpBlock_0")(
+            y
+        )
         return x[:, 0]

@@ -26,6 +26,7 @@ class TextTransformer(nn.Module):
     of ``width``, ``depth``, ``mlp_dim``, ``num_heads`` that is set. ``pool``: ``"last"``
     (position -1, SigLIP), ``"first"``, ``"mean"`` or ``"map"``. ``num_classes=None``:
     no ``head``. ``dtype``: compute dtype; params are float32.
+    ``dropout > 0`` applies only with ``train=True``, which then needs a "dropout" rng.
     """
 
     variant: str | None = None
@@ -63,7 +64,9 @@ class TextTransformer(nn.Module):
         dtype = compute_dtype(self.dtype)
         width = sizes["width"]
         if text.ndim != 2 or not jnp.issubdtype(text.dtype, jnp.integer):
-            raise ValueError(f"TextTransformer: text must be int [b, L], got {text.dtype}{text.shape}")
+            raise ValueError(
+                f"TextTransformer: text must be int [b, L], got {text.dtype}{text.shape}"
+            )
         if text.shape[1] > self.max_len:
             raise ValueError(
                 f"TextTransformer: text length {text.shape[1]} exceeds max_len {self.max_len}"
@@ -97,7 +100,10 @@ class TextTransformer(nn.Module):
             x = jnp.mean(x, axis=1)
         else:
             x = MAPHead(
-                sizes["mlp_dim"], sizes["num_heads"], self.gelu_approximate, dtype,
+                sizes["mlp_dim"],
+                sizes["num_heads"],
+                self.gelu_approximate,
+                dtype,
                 name="MAPHead_0",
             )(x)
         if self.num_classes:

@@ -35,6 +35,7 @@ class ViT(nn.Module):
     that is set. ``pool``: ``"map"`` (attention pooling), ``"gap"`` (token mean) or
     ``"tok"`` (a prepended learned class token). ``num_classes=None``: no ``head``.
     ``dtype``: compute dtype ("float32" | "bfloat16"); params are float32.
+    ``dropout > 0`` applies only with ``train=True``, which then needs a "dropout" rng.
     """
 
     variant: str | None = None
@@ -86,9 +87,9 @@ class ViT(nn.Module):
                 f"got shape {image.shape}"
             )
 
-        x = nn.Conv(
-            width, patch, strides=patch, padding="VALID", dtype=dtype, name="embedding"
-        )(image.astype(dtype))
+        x = nn.Conv(width, patch, strides=patch, padding="VALID", dtype=dtype, name="embedding")(
+            image.astype(dtype)
+        )
         b, h, w, _ = x.shape
         x = x.reshape(b, h * w, width)
         if self.posemb == "learn":
@@ -118,7 +119,10 @@ class ViT(nn.Module):
 
         if self.pool == "map":
             x = MAPHead(
-                sizes["mlp_dim"], sizes["num_heads"], self.gelu_approximate, dtype,
+                sizes["mlp_dim"],
+                sizes["num_heads"],
+                self.gelu_approximate,
+                dtype,
                 name="MAPHead_0",
             )(x)
         elif self.pool == "gap":

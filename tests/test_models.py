@@ -1,0 +1,410 @@
+"""Models: shapes per pooling, variant parsing, param layout, dtypes, and the forward
+pass against an independent numpy implementation of the big_vision architecture."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from multimodal_ssl.models import (
+    TextTransformer,
+    TwoTower,
+    ViT,
+    l2_normalize,
+    parse_variant,
+    posemb_sincos2d,
+)
+from multimodal_ssl.models.common import Encoder, MAPHead, layer_norm
+
+TINY = {"width": 16, "depth": 1, "mlp_dim": 32, "num_heads": 2}
+KEY = jax.random.key(0)
+
+
+def _shapes(model, *inputs, **kw):
+    """Param shapes and output shapes by abstract evaluation (no compilation)."""
+    params = jax.eval_shape(model.init, KEY, *inputs, **kw)["params"]
+    return params, jax.eval_shape(model.apply, {"params": params}, *inputs, **kw)
+
+
+def _random_params(model, *inputs, seed=0, **kw):
+    """Random N(0, 0.5^2) values for every param (LayerNorm scales too, so the reference
+    tests see non-trivial scales). Cheaper than ``init``, whose compilation of the
+    initialisers dominates these tiny tests."""
+    rng = np.random.default_rng(seed)
+    shapes, _ = _shapes(model, *inputs, **kw)
+    return jax.tree.map(lambda s: jnp.asarray(0.5 * rng.normal(size=s.shape), s.dtype), shapes)
+
+
+def _params_apply(model, *inputs):
+    params = _random_params(model, *inputs)
+    return params, jax.jit(model.apply)({"params": params}, *inputs)
+
+
+def _images(b=2, size=8, seed=1):
+    return jnp.asarray(np.random.default_rng(seed).normal(size=(b, size, size, 3)), jnp.float32)
+
+
+def _tokens(b=2, length=6, vocab=50, seed=2):
+    return jnp.asarray(np.random.default_rng(seed).integers(0, vocab, (b, length)), jnp.int32)
+
+
+def _count(tree) -> int:
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+
+
+# ---------------------------------------------------------------- numpy reference
+
+
+def _ln(x, p):
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + 1e-6) * p["scale"] + p["bias"]
+
+
+def _gelu(x, approximate):
+    if approximate:
+        return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+    return 0.5 * x * (1 + np.vectorize(math.erf)(x / np.sqrt(2)))
+
+
+def _mha(xq, xkv, p):
+    q, k, v = (
+        np.einsum("bld,dhk->blhk", x, p[n]["kernel"]) + p[n]["bias"]
+        for x, n in ((xq, "query"), (xkv, "key"), (xkv, "value"))
+    )
+    logits = np.einsum("bqhk,bshk->bhqs", q, k) / np.sqrt(q.shape[-1])
+    w = np.exp(logits - logits.max(-1, keepdims=True))
+    w /= w.sum(-1, keepdims=True)
+    out = np.einsum("bhqs,bshk->bqhk", w, v)
+    return np.einsum("bqhk,hkd->bqd", out, p["out"]["kernel"]) + p["out"]["bias"]
+
+
+def _mlp(x, p, approximate):
+    h = _gelu(x @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"], approximate)
+    return h @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"]
+
+
+def _encoder(x, p, depth, approximate):
+    for i in range(depth):
+        blk = p[f"encoderblock_{i}"]
+        y = _ln(x, blk["LayerNorm_0"])
+        x = x + _mha(y, y, blk["MultiHeadDotProductAttention_0"])
+        x = x + _mlp(_ln(x, blk["LayerNorm_1"]), blk["MlpBlock_0"], approximate)
+    return _ln(x, p["encoder_norm"])
+
+
+def _map_head(x, p, approximate):
+    probe = np.broadcast_to(p["probe"], (x.shape[0], 1, x.shape[-1]))
+    x = _mha(probe, x, p["MultiHeadDotProductAttention_0"])
+    return (x + _mlp(_ln(x, p["LayerNorm_0"]), p["MlpBlock_0"], approximate))[:, 0]
+
+
+def _np(tree):
+    return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
+
+
+# ---------------------------------------------------------------- forward vs reference
+
+
+@pytest.mark.parametrize("approximate", [True, False])
+def test_vit_matches_numpy_reference(approximate):
+    model = ViT(
+        **{**TINY, "depth": 2},
+        patch_size=4,
+        pool="map",
+        num_classes=5,
+        gelu_approximate=approximate,
+    )
+    images = _images(size=8)
+    params, out = _params_apply(model, images)
+    p = _np(params)
+    x = np.asarray(images, np.float64)
+    b, s, c = x.shape[0], 4, 3
+    # Conv with kernel = stride = patch is a matmul on flattened (row, col, channel) patches.
+    patches = x.reshape(b, 2, s, 2, s, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, 4, s * s * c)
+    h = patches @ p["embedding"]["kernel"].reshape(s * s * c, -1) + p["embedding"]["bias"]
+    h = _encoder(h + p["pos_embedding"], p["Transformer"], 2, approximate)
+    ref = _map_head(h, p["MAPHead_0"], approximate) @ p["head"]["kernel"] + p["head"]["bias"]
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_text_matches_numpy_reference():
+    model = TextTransformer(**TINY, vocab_size=50, max_len=8, pool="last", num_classes=3)
+    tokens = _tokens(length=6)
+    params, out = _params_apply(model, tokens)
+    p = _np(params)
+    h = p["Embed_0"]["embedding"][np.asarray(tokens)] + p["pos_embedding"][:, :6]
+    h = _encoder(h, p["Encoder_0"], 1, approximate=True)
+    ref = h[:, -1] @ p["head"]["kernel"] + p["head"]["bias"]
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_layer_norm_eps_and_two_pass_f32_statistics():
+    """eps 1e-6 matters at variance ~1e-6; a large mean breaks E[x^2] - E[x]^2 in f32."""
+    x = 100.0 + 1e-3 * np.random.default_rng(7).normal(size=(4, 32))
+    ln = layer_norm(jnp.bfloat16, "LayerNorm_0")
+    params = {"scale": np.ones(32), "bias": np.zeros(32)}
+    out = ln.apply({"params": params}, jnp.asarray(x, jnp.float32))
+    assert out.dtype == jnp.bfloat16  # output in the compute dtype, statistics in f32
+    ref = _ln(np.asarray(jnp.asarray(x, jnp.float32), np.float64), params)
+    np.testing.assert_allclose(np.asarray(out, np.float32), ref, atol=0.02)
+
+
+# ---------------------------------------------------------------- shapes and layout
+
+
+@pytest.mark.parametrize(
+    "pool,posemb,num_classes",
+    [
+        ("map", "learn", None),
+        ("gap", "sincos2d", 7),
+        ("tok", "learn", 7),
+        ("tok", "sincos2d", None),
+    ],
+)
+def test_vit_pooling_shapes_and_params(pool, posemb, num_classes):
+    model = ViT(**TINY, patch_size=4, pool=pool, posemb=posemb, num_classes=num_classes)
+    params, out = _shapes(model, _images(b=3, size=8))
+    assert out.shape == (3, num_classes or 16) and out.dtype == jnp.float32
+    assert ("MAPHead_0" in params) == (pool == "map")
+    assert ("cls" in params) == (pool == "tok")
+    assert ("pos_embedding" in params) == (posemb == "learn")
+    assert ("head" in params) == (num_classes is not None)
+    block = params["Transformer"]["encoderblock_0"]
+    assert set(block) == {
+        "LayerNorm_0",
+        "MultiHeadDotProductAttention_0",
+        "LayerNorm_1",
+        "MlpBlock_0",
+    }
+    assert params["embedding"]["kernel"].shape == (4, 4, 3, 16)
+    assert "encoder_norm" in params["Transformer"]
+
+
+@pytest.mark.parametrize("pool", ["last", "first", "mean", "map"])
+def test_text_pooling_shapes(pool):
+    model = TextTransformer(**TINY, vocab_size=50, max_len=8, pool=pool)
+    params, out = _shapes(model, _tokens(b=3, length=5))
+    assert out.shape == (3, 16) and out.dtype == jnp.float32
+    assert params["pos_embedding"].shape == (1, 8, 16)
+    assert set(params) == {"Embed_0", "pos_embedding", "Encoder_0"} | (
+        {"MAPHead_0"} if pool == "map" else set()
+    )
+
+
+def test_map_head_shape_and_token_permutation_invariance():
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(3, 7, 16)), jnp.float32)
+    head = MAPHead(mlp_dim=32, num_heads=4)
+    params, out = _params_apply(head, x)
+    assert out.shape == (3, 16)
+    assert set(params) == {"probe", "MultiHeadDotProductAttention_0", "LayerNorm_0", "MlpBlock_0"}
+    perm = np.random.default_rng(4).permutation(7)
+    np.testing.assert_allclose(jax.jit(head.apply)({"params": params}, x[:, perm]), out, atol=1e-5)
+
+
+def test_encoder_is_bidirectional_and_permutation_equivariant():
+    """No mask: permuting tokens permutes the output; the first position sees the last."""
+    x = jnp.asarray(np.random.default_rng(5).normal(size=(2, 6, 16)), jnp.float32)
+    enc = Encoder(depth=2, mlp_dim=32, num_heads=2)
+    params, out = _params_apply(enc, x)
+    perm = np.random.default_rng(6).permutation(6)
+    apply = jax.jit(enc.apply)
+    np.testing.assert_allclose(apply({"params": params}, x[:, perm]), out[:, perm], atol=1e-5)
+    changed = apply({"params": params}, x.at[:, -1].set(x[:, 0]))
+    assert np.abs(changed[:, 0] - out[:, 0]).max() > 1e-3
+
+
+def test_examples_do_not_interact():
+    model = TextTransformer(**TINY, vocab_size=50, max_len=8, pool="map")
+    tokens = _tokens(b=3, length=8)
+    params, out = _params_apply(model, tokens)
+    out2 = jax.jit(model.apply)({"params": params}, tokens.at[1:].set(7))
+    np.testing.assert_allclose(out2[0], out[0], atol=1e-6)
+
+
+def test_dropout_only_in_training():
+    model = TextTransformer(**TINY, vocab_size=50, max_len=8, dropout=0.5)
+    tokens = _tokens()
+    params, out = _params_apply(model, tokens)
+    apply = jax.jit(model.apply, static_argnames="train")
+    np.testing.assert_allclose(apply({"params": params}, tokens, train=False), out, atol=1e-6)
+    rngs = [{"dropout": jax.random.key(i)} for i in (1, 2)]
+    a, b = (apply({"params": params}, tokens, train=True, rngs=r) for r in rngs)
+    assert np.abs(a - out).max() > 1e-3 and np.abs(a - b).max() > 1e-3
+
+
+# ---------------------------------------------------------------- variants
+
+
+def test_variant_parsing_and_overrides():
+    assert parse_variant("B/16", with_patch=True) == {
+        "width": 768,
+        "depth": 12,
+        "mlp_dim": 3072,
+        "num_heads": 12,
+        "patch_size": (16, 16),
+    }
+    assert parse_variant("so400m/14", with_patch=True)["width"] == 1152
+    assert parse_variant("ti", with_patch=False)["num_heads"] == 3
+    assert parse_variant("g", with_patch=False)["width"] == 1408  # giant
+    assert parse_variant("G", with_patch=False)["width"] == 1664  # gigantic
+    sizes = ViT(variant="mu/4", depth=4, patch_size=8).sizes()
+    assert sizes == {"width": 32, "depth": 4, "mlp_dim": 128, "num_heads": 2, "patch_size": (8, 8)}
+    assert TextTransformer(variant="S", width=64, num_heads=4).sizes() == {
+        "width": 64,
+        "depth": 12,
+        "mlp_dim": 1536,
+        "num_heads": 4,
+    }
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: ViT(variant="huge/16").sizes(), r"unknown size 'huge'.*'So400m'"),
+        (lambda: ViT(variant="B/x").sizes(), "cannot parse"),
+        (lambda: TextTransformer(variant="B/16").sizes(), "has a patch size"),
+        (lambda: ViT(variant="B").sizes(), r"no value for \['patch_size'\]"),
+        (lambda: TextTransformer(width=8).sizes(), "no value for"),
+        (lambda: ViT(variant="mu/4", num_heads=3).sizes(), "not divisible by num_heads 3"),
+    ],
+)
+def test_bad_variants_raise(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+@pytest.mark.parametrize(
+    "model,x,match",
+    [
+        (ViT(**TINY, patch_size=3), _images(size=8), "divisible by patch"),
+        (ViT(**TINY, patch_size=4, pool="cls"), _images(size=8), "ViT.pool"),
+        (ViT(**TINY, patch_size=4, posemb="sin"), _images(size=8), "ViT.posemb"),
+        (ViT(**TINY, patch_size=4, dtype="int8"), _images(size=8), "dtype"),
+        (TextTransformer(**TINY, max_len=4), _tokens(length=6), "exceeds max_len 4"),
+        (TextTransformer(**TINY, pool="max"), _tokens(), "TextTransformer.pool"),
+    ],
+)
+def test_bad_inputs_raise(model, x, match):
+    with pytest.raises(ValueError, match=match):
+        _shapes(model, x)
+
+
+def test_param_counts_of_siglip_base():
+    """SigLIP B/16 @224: ViT with MAP head and no head 92,884,224 params (embedding
+    590,592 + posemb 150,528 + 12 blocks x 7,087,872 + norm 1,536 + MAP head 7,087,104);
+    text tower (vocab 32k, 64 positions, head 768) 110,271,744; plus t and b."""
+    model = TwoTower(
+        image={"variant": "B/16", "pool": "map", "num_classes": None},
+        text={"variant": "B", "vocab_size": 32_000, "max_len": 64},
+        embed_dim=768,
+    )
+    shapes = jax.eval_shape(
+        model.init, KEY, image=jnp.zeros((1, 224, 224, 3)), text=jnp.zeros((1, 64), jnp.int32)
+    )["params"]
+    assert _count(shapes["img"]) == 92_884_224
+    assert _count(shapes["txt"]) == 110_271_744
+    assert _count(shapes) == 92_884_224 + 110_271_744 + 2
+
+
+# ---------------------------------------------------------------- sincos2d
+
+
+def test_posemb_sincos2d_known_values():
+    h, w, width, temp = 3, 4, 16, 10_000.0
+    quarter = width // 4
+    ref = np.zeros((h * w, width))
+    for row in range(h):
+        for col in range(w):
+            for k in range(quarter):
+                omega = temp ** (-k / (quarter - 1))
+                i = row * w + col
+                ref[i, k] = math.sin(col * omega)
+                ref[i, quarter + k] = math.cos(col * omega)
+                ref[i, 2 * quarter + k] = math.sin(row * omega)
+                ref[i, 3 * quarter + k] = math.cos(row * omega)
+    pe = posemb_sincos2d(h, w, width)
+    assert pe.shape == (1, 12, 16) and pe.dtype == jnp.float32
+    np.testing.assert_allclose(pe[0], ref, atol=1e-6)
+    np.testing.assert_allclose(pe[0, 0], [0.0] * 4 + [1.0] * 4 + [0.0] * 4 + [1.0] * 4)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        posemb_sincos2d(2, 2, 18)
+
+
+# ---------------------------------------------------------------- two towers
+
+
+def _two_tower(**kw):
+    return TwoTower(
+        image={**TINY, "patch_size": 4, "pool": "map"},
+        text={**TINY, "vocab_size": 50, "max_len": 6, "pool": "last"},
+        embed_dim=8,
+        t_init=1.5,
+        b_init=-3.0,
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def tower_params():
+    """Really initialised params of ``_two_tower()`` (compiled once for the module)."""
+    return jax.jit(_two_tower().init)(KEY, image=_images(b=4), text=_tokens(b=4))["params"]
+
+
+def test_two_tower_outputs_params_and_single_tower_calls(tower_params):
+    model, params = _two_tower(), tower_params
+    images, tokens = _images(b=4), _tokens(b=4)
+    assert set(params) == {"img", "txt", "t", "b"}
+    assert params["t"].shape == () and params["b"].shape == ()
+    assert float(params["t"]) == pytest.approx(1.5) and float(params["b"]) == -3.0
+    assert "head" in params["img"] and "head" in params["txt"]
+    apply = jax.jit(model.apply)
+    zimg, ztxt, out = apply({"params": params}, image=images, text=tokens)
+    assert zimg.shape == ztxt.shape == (4, 8)
+    np.testing.assert_allclose(np.linalg.norm(zimg, axis=-1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(ztxt, axis=-1), 1.0, atol=1e-6)
+    assert float(out["t"]) == pytest.approx(1.5) and float(out["b"]) == -3.0
+    zi, none_txt, _ = apply({"params": params}, image=images)
+    none_img, zt, _ = apply({"params": params}, text=tokens)
+    assert none_txt is None and none_img is None
+    np.testing.assert_allclose(zi, zimg, atol=1e-6)
+    np.testing.assert_allclose(zt, ztxt, atol=1e-6)
+
+
+def test_two_tower_defaults_and_l2_normalize():
+    assert TwoTower().t_init == pytest.approx(math.log(10.0)) and TwoTower().b_init == -10.0
+    z = jnp.asarray([[3.0, 4.0], [0.0, 0.0]], jnp.bfloat16)
+    out = l2_normalize(z)
+    assert out.dtype == jnp.float32
+    np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0]], atol=1e-6)
+    grads = jax.grad(lambda x: jnp.sum(l2_normalize(x) * jnp.asarray([1.0, 2.0])))(z)
+    assert bool(jnp.isfinite(grads.astype(jnp.float32)).all())  # zero rows: finite gradient
+    # d/dz <w, z/|z|> = (w - <w, u> u) / |z| with u = z/|z| = (0.6, 0.8), w = (1, 2).
+    np.testing.assert_allclose(grads[0].astype(jnp.float32), [-0.064, 0.048], atol=1e-3)
+
+
+def test_two_tower_headless_tower_must_match_embed_dim():
+    images = _images()
+    ok = TwoTower(image={**TINY, "patch_size": 4, "num_classes": None}, embed_dim=16)
+    params, (zimg, _, _) = _shapes(ok, image=images)
+    assert zimg.shape == (2, 16) and "head" not in params["img"]
+    bad = TwoTower(image={**TINY, "patch_size": 4, "num_classes": None}, embed_dim=8)
+    with pytest.raises(ValueError, match="TwoTower.image: tower output has dim 16"):
+        _shapes(bad, image=images)
+
+
+def test_bf16_compute_keeps_f32_params_and_outputs(tower_params):
+    images, tokens = _images(b=4), _tokens(b=4)
+    f32, bf16 = _two_tower(), _two_tower(dtype="bfloat16")
+    params_bf16, _ = _shapes(bf16, image=images, text=tokens)
+    assert {x.dtype for x in jax.tree.leaves(params_bf16)} == {jnp.dtype(jnp.float32)}
+    ref = jax.jit(f32.apply)({"params": tower_params}, image=images, text=tokens)
+    out = jax.jit(bf16.apply)({"params": tower_params}, image=images, text=tokens)
+    jaxpr = str(jax.make_jaxpr(lambda p: bf16.apply({"params": p}, image=images))(tower_params))
+    assert "bf16" in jaxpr  # the matmuls really run in bfloat16
+    for z, z_ref in zip(out[:2], ref[:2], strict=True):
+        assert z.dtype == jnp.float32
+        np.testing.assert_allclose(np.linalg.norm(z, axis=-1), 1.0, atol=1e-6)
+        np.testing.assert_allclose(z, z_ref, atol=0.05)
