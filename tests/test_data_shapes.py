@@ -213,9 +213,12 @@ def test_classnames_and_templates():
     assert shapes.classnames("color") == list(shapes.COLORS)
     with pytest.raises(ValueError, match=r"kind: 'size' is not one of"):
         shapes.classnames("size")
-    words = set(shapes.SIZES) | {w for p in shapes.POSITIONS for w in p.split()}
-    for template in make_source().templates:
-        assert template.count("{}") == 1 and not words & set(template.split())
+    templates = make_source().templates
+    assert all(template.count("{}") == 1 for template in templates)
+    # The ensemble is neutral: every size and every position phrase equally often.
+    for vocabulary in (shapes.SIZES, shapes.PHRASES):
+        counts = {w: sum(f" {w} " in f" {t} " for t in templates) for w in vocabulary}
+        assert len(set(counts.values())) == 1 and min(counts.values()) > 0, counts
 
 
 def test_get_source_specs_and_options():

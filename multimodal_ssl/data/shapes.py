@@ -60,13 +60,10 @@ DEPTH_RANGE = (0.2, 0.8)  # range of object depths (smaller = nearer)
 BACKGROUND_DEPTH = 1.0
 BACKGROUND_RGB = np.array((50, 50, 50), np.float32)
 SPLITS = ("train", "test")
-TEMPLATES = (  # zero-shot prompts: neutral in size and position
-    "a {}",
-    "a {} shape",
-    "a picture of a {}",
-    "a rendering of a {}",
-    "an image of a {}",
-)
+# Zero-shot prompts: the caption grammar with every size and position, so the class
+# embedding (the mean over templates) is in the captions' distribution and neutral in
+# size and position (prompt ensembling as in CLIP).
+TEMPLATES = tuple(f"a {size} {{}} {phrase}" for size in SIZES for phrase in PHRASES)
 CLASS_KINDS = ("shape_color", "shape", "color")
 _MAX_ATTEMPTS = 10_000  # rejection-sampling attempts before giving up on a split
 
