@@ -30,7 +30,7 @@ RGB = np.array(  # [len(COLORS), 3] in the order of COLORS
     np.float32,
 )
 SIZES = ("small", "large")
-RADIUS = (0.095, 0.145)  # per size: radius of the equal-area circle, fraction of the image side
+RADIUS = (0.11, 0.17)  # per size: radius of the equal-area circle, fraction of the image side
 POSITIONS = (  # a 3x3 grid, row-major
     "top left",
     "top",
@@ -53,7 +53,7 @@ PHRASES = (  # caption phrase per position
     "at the bottom",
     "in the bottom right",
 )
-GRID = (0.23, 0.5, 0.77)  # centre coordinates of the grid cells, fraction of the image side
+GRID = (0.26, 0.5, 0.74)  # centre coordinates of the grid cells, fraction of the image side
 JITTER = 0.03  # max offset of an object centre from its cell centre, fraction of the side
 SHADE = (0.8, 1.0)  # range of the brightness factor applied to an object's colour
 DEPTH_RANGE = (0.2, 0.8)  # range of object depths (smaller = nearer)
