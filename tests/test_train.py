@@ -108,3 +108,17 @@ def test_cli_rejects_unknown_override(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "lrr" in result.stderr
+
+
+@pytest.mark.parametrize("recipe, chunk_size", [("siglip.py", None), ("clip.py", 1)])
+def test_ring_training_matches_global_on_eight_devices(tmp_path, recipe, chunk_size):
+    """loss.impl=ring (over 8 emulated devices) gives the loss curve of impl=global."""
+    curves = {}
+    for impl in ("global", "ring"):
+        config = tiny(recipe, **{"total_steps": 20, "loss.impl": impl})
+        config.loss.chunk_size = chunk_size if impl == "ring" else None
+        config.evals = {}
+        train(config, str(tmp_path / impl), devices=jax.devices()[:8])
+        curves[impl] = losses(tmp_path / impl)
+    assert len(curves["ring"]) == 20
+    np.testing.assert_allclose(curves["ring"], curves["global"], rtol=1e-4)
