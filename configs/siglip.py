@@ -17,21 +17,21 @@ from multimodal_ssl.recipes import apply_tiny, shapes_evals
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = base_config()
     config.seed = 0
-    config.total_steps = 300
-    config.batch_size = 256
+    config.total_steps = 600
+    config.batch_size = 128
     config.log_every_steps = 10
 
     config.data.train = "generated:shapes"
     config.data.image_size = 32
-    config.data.max_text_len = 40
+    config.data.max_text_len = 48  # single-object captions are <= 44 bytes
     config.data.tokenizer = "bytes"
 
     config.model.image = ml_collections.ConfigDict(
-        {"variant": "mu/8", "width": 128, "depth": 3, "mlp_dim": 512, "num_heads": 4,
+        {"variant": "mu/4", "width": 128, "depth": 3, "mlp_dim": 512, "num_heads": 4,
          "pool": "map"}
     )
     config.model.text = ml_collections.ConfigDict(
-        {"variant": "mu", "width": 128, "depth": 3, "mlp_dim": 512, "num_heads": 4,
+        {"variant": "mu", "width": 128, "depth": 2, "mlp_dim": 512, "num_heads": 4,
          "pool": "last"}
     )
     config.model.embed_dim = 128
@@ -40,15 +40,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.loss.impl = "ring"  # chunked ring loss; equals "global", O(1) memory in devices
 
     config.optim.name = "adamw"
-    config.optim.lr = 1e-3
+    config.optim.lr = 2e-3
     config.optim.schedule = "cosine"
     config.optim.warmup_steps = 30
     config.optim.weight_decay = 1e-4
     config.optim.grad_clip = 1.0
 
-    config.checkpoint.every_steps = 100
+    config.checkpoint.every_steps = 200
     config.checkpoint.keep = 2
-    config.evals = shapes_evals(every_steps=100)
+    config.evals = shapes_evals(every_steps=200)
 
     if arg == "tiny":
         apply_tiny(config)
