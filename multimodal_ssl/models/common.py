@@ -246,3 +246,35 @@ class MAPHead(nn.Module):
             y
         )
         return x[:, 0]
+
+
+def pool_and_project(
+    x: jnp.ndarray,
+    pool: str,
+    *,
+    mlp_dim: int,
+    num_heads: int,
+    gelu_approximate: bool,
+    num_classes: int | None,
+    dtype: Any,
+) -> jnp.ndarray:
+    """The shared tail of both towers, called inside their compact ``__call__`` (so the
+    submodules are named ``MAPHead_0`` and ``head`` in the tower's scope).
+
+    x: [b, l, d] encoder output -> f32 [b, num_classes or d]. ``pool``: ``"map"``
+    (attention pooling), ``"gap"``/``"mean"`` (token mean), ``"tok"``/``"first"``
+    (token 0), ``"last"`` (token -1).
+    """
+    if pool == "map":
+        x = MAPHead(mlp_dim, num_heads, gelu_approximate, dtype, name="MAPHead_0")(x)
+    elif pool in ("gap", "mean"):
+        x = jnp.mean(x, axis=1)
+    elif pool in ("tok", "first"):
+        x = x[:, 0]
+    elif pool == "last":
+        x = x[:, -1]
+    else:
+        raise ValueError(f"pool: {pool!r} is not a known pooling")
+    if num_classes:
+        x = nn.Dense(num_classes, dtype=dtype, name="head")(x)
+    return x.astype(jnp.float32)

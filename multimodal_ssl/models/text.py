@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from multimodal_ssl.models.common import Encoder, MAPHead, compute_dtype, resolve_sizes
+from multimodal_ssl.models.common import Encoder, compute_dtype, pool_and_project, resolve_sizes
 
 POOLS = ("last", "first", "mean", "map")
 
@@ -92,20 +92,12 @@ class TextTransformer(nn.Module):
             name="Encoder_0",
         )(x, train=train)
 
-        if self.pool == "last":
-            x = x[:, -1]
-        elif self.pool == "first":
-            x = x[:, 0]
-        elif self.pool == "mean":
-            x = jnp.mean(x, axis=1)
-        else:
-            x = MAPHead(
-                sizes["mlp_dim"],
-                sizes["num_heads"],
-                self.gelu_approximate,
-                dtype,
-                name="MAPHead_0",
-            )(x)
-        if self.num_classes:
-            x = nn.Dense(self.num_classes, dtype=dtype, name="head")(x)
-        return x.astype(jnp.float32)
+        return pool_and_project(
+            x,
+            self.pool,
+            mlp_dim=sizes["mlp_dim"],
+            num_heads=sizes["num_heads"],
+            gelu_approximate=self.gelu_approximate,
+            num_classes=self.num_classes,
+            dtype=dtype,
+        )

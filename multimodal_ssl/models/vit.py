@@ -17,8 +17,8 @@ import numpy as np
 
 from multimodal_ssl.models.common import (
     Encoder,
-    MAPHead,
     compute_dtype,
+    pool_and_project,
     posemb_sincos2d,
     resolve_sizes,
 )
@@ -117,18 +117,12 @@ class ViT(nn.Module):
             name="Transformer",
         )(x, train=train)
 
-        if self.pool == "map":
-            x = MAPHead(
-                sizes["mlp_dim"],
-                sizes["num_heads"],
-                self.gelu_approximate,
-                dtype,
-                name="MAPHead_0",
-            )(x)
-        elif self.pool == "gap":
-            x = jnp.mean(x, axis=1)
-        else:
-            x = x[:, 0]
-        if self.num_classes:
-            x = nn.Dense(self.num_classes, dtype=dtype, name="head")(x)
-        return x.astype(jnp.float32)
+        return pool_and_project(
+            x,
+            self.pool,
+            mlp_dim=sizes["mlp_dim"],
+            num_heads=sizes["num_heads"],
+            gelu_approximate=self.gelu_approximate,
+            num_classes=self.num_classes,
+            dtype=dtype,
+        )
