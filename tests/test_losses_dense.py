@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from loss_harness import loss_args, value_and_grads
 from loss_reference import (
     embeddings,
     finite_difference,
@@ -17,7 +18,6 @@ from loss_reference import (
 
 from multimodal_ssl.losses import get_loss, sigmoid_loss, softmax_loss
 
-ARGNAMES = {"sigmoid": ("x", "y", "t", "b"), "softmax": ("x", "y", "t")}
 REFERENCE = {"sigmoid": sigmoid_reference, "softmax": softmax_reference}
 
 
@@ -29,23 +29,9 @@ def x64():
     jax.config.update("jax_enable_x64", previous)
 
 
-def _inputs(name, n, d, t, b, seed=0, dtype=np.float32):
-    x, y = embeddings(n, d, seed, dtype)
-    args = {"x": x, "y": y, "t": np.asarray(t, dtype), "b": np.asarray(b, dtype)}
-    return {k: args[k] for k in ARGNAMES[name]}
-
-
-def _value_and_grads(name, args, **kw):
-    fn = get_loss(name)
-    value, grads = jax.jit(
-        jax.value_and_grad(lambda *a: fn(*a, **kw), argnums=tuple(range(len(args))))
-    )(*[jnp.asarray(v) for v in args.values()])
-    return value, dict(zip(args, grads, strict=True))
-
-
 def test_reference_gradients_match_finite_differences():
     for name in ("sigmoid", "softmax"):
-        args = _inputs(name, 4, 3, t=math.log(10.0), b=-2.0, dtype=np.float64)
+        args = loss_args(name, 4, 3, t=math.log(10.0), b=-2.0, dtype=np.float64)
         ref = REFERENCE[name]
         _, grads = ref(**args)
         numeric = finite_difference(lambda ref=ref, **a: ref(**a)[0], args)
@@ -60,8 +46,8 @@ def test_reference_gradients_match_finite_differences():
     ids=["moderate", "logits1e3", "bias900"],
 )
 def test_global_matches_reference_float64(x64, name, t, b):
-    args = _inputs(name, 8, 5, t, b, seed=1, dtype=np.float64)
-    value, grads = _value_and_grads(name, args)
+    args = loss_args(name, 8, 5, t, b, seed=1, dtype=np.float64)
+    value, grads = value_and_grads(name, args)
     ref_value, ref_grads = REFERENCE[name](**args)
     assert value.dtype == jnp.float64
     np.testing.assert_allclose(value, ref_value, rtol=1e-6)
@@ -74,8 +60,8 @@ def test_global_matches_reference_float64(x64, name, t, b):
 @pytest.mark.parametrize("name", ["sigmoid", "softmax"])
 def test_all_gather_matches_reference_float64(x64, name):
     mesh = jax.make_mesh((4,), ("data",), devices=jax.devices()[:4])
-    args = _inputs(name, 8, 5, math.log(1000.0), -5.0, seed=2, dtype=np.float64)
-    value, grads = _value_and_grads(name, args, impl="all_gather", mesh=mesh)
+    args = loss_args(name, 8, 5, math.log(1000.0), -5.0, seed=2, dtype=np.float64)
+    value, grads = value_and_grads(name, args, impl="all_gather", mesh=mesh)
     ref_value, ref_grads = REFERENCE[name](**args)
     np.testing.assert_allclose(value, ref_value, rtol=1e-6)
     for k in args:

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
-from loss_reference import embeddings, integer_embeddings, sigmoid_reference, softmax_reference
+from loss_harness import loss_args, value_and_grads
+from loss_reference import embeddings, sigmoid_reference, softmax_reference
 
 from multimodal_ssl.losses import get_loss
 
-ARGNAMES = {"sigmoid": ("x", "y", "t", "b"), "softmax": ("x", "y", "t")}
 REFERENCE = {"sigmoid": sigmoid_reference, "softmax": softmax_reference}
 T_LARGE = math.log(1000.0)  # unit-norm embeddings: |logits| up to 1e3
 
@@ -20,20 +20,6 @@ T_LARGE = math.log(1000.0)  # unit-norm embeddings: |logits| up to 1e3
 def _mesh(w, auto=False):
     types = (AxisType.Auto,) if auto else None
     return jax.make_mesh((w,), ("data",), axis_types=types, devices=jax.devices()[:w])
-
-
-def _args(name, n, d, t, b, seed, dtype=np.float32, integer=False):
-    x, y = integer_embeddings(n, d, seed) if integer else embeddings(n, d, seed, dtype)
-    args = {"x": x, "y": y, "t": np.asarray(t, dtype), "b": np.asarray(b, dtype)}
-    return {k: args[k] for k in ARGNAMES[name]}
-
-
-def _value_and_grads(name, args, **kw):
-    fn = get_loss(name)
-    value, grads = jax.jit(
-        jax.value_and_grad(lambda *a: fn(*a, **kw), argnums=tuple(range(len(args))))
-    )(*args.values())
-    return value, dict(zip(args, grads, strict=True))
 
 
 def _assert_close(value, grads, ref_value, ref_grads, tol):
@@ -52,11 +38,11 @@ def _assert_close(value, grads, ref_value, ref_grads, tol):
 @pytest.mark.parametrize("w", [1, 2, 3, 4, 8])
 def test_ring_matches_reference_and_global(w, name, chunk):
     """|logits| up to ~1e3 from integer embeddings (exact f32 logits), f32 to 1e-5."""
-    args = _args(name, 4 * w, 8, 0.0, -300.0, seed=w, integer=True)
+    args = loss_args(name, 4 * w, 8, 0.0, -300.0, seed=w, integer=True)
     assert np.abs(args["x"] @ args["y"].T).max() > 500
-    value, grads = _value_and_grads(name, args, impl="ring", mesh=_mesh(w), chunk_size=chunk)
+    value, grads = value_and_grads(name, args, impl="ring", mesh=_mesh(w), chunk_size=chunk)
     _assert_close(value, grads, *REFERENCE[name](**args), tol=1e-5)
-    _assert_close(value, grads, *_value_and_grads(name, args), tol=1e-5)
+    _assert_close(value, grads, *value_and_grads(name, args), tol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["sigmoid", "softmax"])
@@ -67,8 +53,8 @@ def test_ring_unit_norm_embeddings_at_scale_1000(w, name):
     An f32 logit of ~1e3 carries ~1e-4 of rounding (x . y to 1e-7, times 1000) that moves
     softmax probabilities by as much; every implementation has it, so 1e-4 here.
     """
-    args = _args(name, 4 * w, 6, T_LARGE, -500.0, seed=w)
-    value, grads = _value_and_grads(name, args, impl="ring", mesh=_mesh(w), chunk_size=2)
+    args = loss_args(name, 4 * w, 6, T_LARGE, -500.0, seed=w)
+    value, grads = value_and_grads(name, args, impl="ring", mesh=_mesh(w), chunk_size=2)
     assert np.isfinite(value) and all(np.isfinite(g).all() for g in grads.values())
     _assert_close(value, grads, *REFERENCE[name](**args), tol=1e-4)
 
@@ -76,8 +62,8 @@ def test_ring_unit_norm_embeddings_at_scale_1000(w, name):
 @pytest.mark.parametrize("name", ["sigmoid", "softmax"])
 @pytest.mark.parametrize("w", [3, 8])
 def test_ring_local_batch_one(w, name):
-    args = _args(name, w, 5, math.log(10.0), -10.0, seed=10 + w)
-    value, grads = _value_and_grads(name, args, impl="ring", mesh=_mesh(w), chunk_size=4)
+    args = loss_args(name, w, 5, math.log(10.0), -10.0, seed=10 + w)
+    value, grads = value_and_grads(name, args, impl="ring", mesh=_mesh(w), chunk_size=4)
     _assert_close(value, grads, *REFERENCE[name](**args), tol=1e-5)
 
 
@@ -87,8 +73,8 @@ def test_ring_is_exact_in_float64(w, name):
     previous = jax.config.jax_enable_x64
     jax.config.update("jax_enable_x64", True)
     try:
-        args = _args(name, 6 * w, 5, T_LARGE, 300.0, seed=20 + w, dtype=np.float64)
-        value, grads = _value_and_grads(name, args, impl="ring", mesh=_mesh(w), chunk_size=3)
+        args = loss_args(name, 6 * w, 5, T_LARGE, 300.0, seed=20 + w, dtype=np.float64)
+        value, grads = value_and_grads(name, args, impl="ring", mesh=_mesh(w), chunk_size=3)
         assert value.dtype == jnp.float64
         _assert_close(value, grads, *REFERENCE[name](**args), tol=1e-10)
     finally:
@@ -97,10 +83,10 @@ def test_ring_is_exact_in_float64(w, name):
 
 @pytest.mark.parametrize("name", ["sigmoid", "softmax"])
 def test_ring_bfloat16_inputs(name):
-    args = _args(name, 16, 8, math.log(10.0), -10.0, seed=30)
+    args = loss_args(name, 16, 8, math.log(10.0), -10.0, seed=30)
     args16 = {k: jnp.asarray(v, jnp.bfloat16) if k in "xy" else v for k, v in args.items()}
-    value, grads = _value_and_grads(name, args16, impl="ring", mesh=_mesh(4), chunk_size=2)
-    dense_value, dense_grads = _value_and_grads(name, args16)
+    value, grads = value_and_grads(name, args16, impl="ring", mesh=_mesh(4), chunk_size=2)
+    dense_value, dense_grads = value_and_grads(name, args16)
     assert value.dtype == jnp.float32 and grads["x"].dtype == jnp.bfloat16
     np.testing.assert_allclose(value, dense_value, rtol=1e-5)
     np.testing.assert_allclose(value, REFERENCE[name](**args)[0], rtol=2e-2)
@@ -113,8 +99,8 @@ def test_ring_bfloat16_inputs(name):
 
 @pytest.mark.parametrize("impl", ["global", "all_gather", "ring"])
 def test_auto_mesh(impl):
-    args = _args("sigmoid", 12, 4, math.log(10.0), -10.0, seed=40)
-    value, grads = _value_and_grads("sigmoid", args, impl=impl, mesh=_mesh(4, auto=True))
+    args = loss_args("sigmoid", 12, 4, math.log(10.0), -10.0, seed=40)
+    value, grads = value_and_grads("sigmoid", args, impl=impl, mesh=_mesh(4, auto=True))
     _assert_close(value, grads, *sigmoid_reference(**args), tol=1e-5)
 
 
@@ -142,7 +128,7 @@ def test_ring_in_jit_with_sharded_batch(shape):
 
 
 def test_ring_exchanges_blocks_without_gathering():
-    args = _args("softmax", 16, 4, 0.0, 0.0, seed=60)
+    args = loss_args("softmax", 16, 4, 0.0, 0.0, seed=60)
     loss = get_loss("softmax")
     fn = jax.value_and_grad(lambda x, y, t: loss(x, y, t, impl="ring", mesh=_mesh(8)))
     jaxpr = str(jax.make_jaxpr(fn)(*args.values()))
@@ -150,6 +136,6 @@ def test_ring_exchanges_blocks_without_gathering():
 
 
 def test_chunk_size_must_divide_local_batch():
-    args = _args("sigmoid", 12, 4, 0.0, 0.0, seed=70)
+    args = loss_args("sigmoid", 12, 4, 0.0, 0.0, seed=70)
     with pytest.raises(ValueError, match="chunk_size 2 must divide the local batch 3"):
         get_loss("sigmoid")(*args.values(), impl="ring", mesh=_mesh(4), chunk_size=2)
