@@ -169,6 +169,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_positive("checkpoint.keep", config.checkpoint.keep)
 
     from multimodal_ssl.evals import get_evaluator  # local: evals import data and models
+    from multimodal_ssl.evals.common import resolve_config
 
     for name, eval_cfg in config.evals.items():
         if not _is_dict(eval_cfg) or "type" not in eval_cfg:
@@ -177,5 +178,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             evaluator_cls = get_evaluator(eval_cfg["type"])
         except ValueError as e:
             _fail(f"evals.{name}.type", str(e))
-        _check_keys(eval_cfg, evaluator_cls.default_config(), f"evals.{name}")
-        _check_positive(f"evals.{name}.every_steps", eval_cfg["every_steps"])
+        try:  # the evaluator's own key and value checks, run before anything is built
+            resolve_config(name, eval_cfg, evaluator_cls.default_config())
+        except ValueError as e:
+            raise ValueError(f"config.{e}") from e

@@ -64,6 +64,8 @@ def _mutate(path, value):
         ("model.text.widht", 64, r"config\.model\.text\.widht: unknown key"),
         ("evals.zeroshot.every", 5, r"config\.evals\.zeroshot\.every: unknown key"),
         ("evals.zeroshot.type", "knn9", r"config\.evals\.zeroshot\.type"),
+        ("evals.zeroshot.every_steps", 0, r"config\.evals\.zeroshot\.every_steps: must be an int"),
+        ("evals.retrieval.data", "", r"config\.evals\.retrieval\.data: required source spec"),
         ("checkpoint.keep", 0, r"config\.checkpoint\.keep: must be > 0"),
     ],
 )
