@@ -21,10 +21,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.batch_size = 128
     config.log_every_steps = 10
 
+    # Own data: "csv:/data/train.csv", "wds:/data/shard-{000..099}.tar", "tfds:NAME:train"
+    # or a mixture [(spec, weight), ...]; see README "Training on your own data".
     config.data.train = "generated:shapes"
     config.data.image_size = 32
     config.data.max_text_len = 48  # single-object captions are <= 44 bytes
     config.data.tokenizer = "bytes"
+    # No augmentation: position and left/right are in the captions. For photos, e.g.
+    # "random_resized_crop(0.5)|value_range(-1, 1)".
+    config.data.pp_train = "resize_small|center_crop|value_range(-1, 1)"
+    config.data.pp_eval = "resize_small|center_crop|value_range(-1, 1)"
 
     config.model.image = ml_collections.ConfigDict(
         {"variant": "mu/4", "width": 128, "depth": 3, "mlp_dim": 512, "num_heads": 4,

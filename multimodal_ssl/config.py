@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,9 +27,10 @@ LOSS_IMPLS = ("global", "all_gather", "ring")
 OPTIMIZERS = ("adamw", "adafactor")
 SCHEDULES = ("cosine", "rsqrt", "constant")
 DTYPES = ("float32", "bfloat16")
+INIT_TOWERS = ("img", "txt", "t", "b")  # top-level subtrees of the two-tower params
 
 # Sub-trees whose keys are validated by their owners, not against base_config().
-_OPEN_SUBTREES = ("model.image", "model.text", "evals", "data.shapes")
+_OPEN_SUBTREES = ("model.image", "model.text", "evals", "data.shapes", "data.train")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -39,11 +42,23 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 10
 
     c.data = ml_collections.ConfigDict()
-    c.data.train = "generated:shapes"  # source spec "NAME[:SPLIT]"
+    # Source spec ("generated:shapes", "csv:PATH", "wds:PATTERN", "tfds:NAME[:SPLIT]") or a
+    # mixture [(spec, weight), ...] (multimodal_ssl/data/sources.py).
+    c.data.train = ml_collections.FieldReference("generated:shapes", field_type=object)
     c.data.image_size = 32
     c.data.max_text_len = 48
-    c.data.tokenizer = "bytes"
+    c.data.tokenizer = "bytes"  # or "sentencepiece:PATH.model", "hf:PATH/tokenizer.json"
     c.data.worker_count = 0  # grain worker processes (0 = decode in the main process)
+    c.data.read_threads = 2  # threads per process reading and decoding examples
+    # Image ops "op|op(args)|...|value op" (multimodal_ssl/data/preprocess.py).
+    c.data.pp_train = "resize_small|center_crop|value_range(-1, 1)"
+    c.data.pp_eval = "resize_small|center_crop|value_range(-1, 1)"
+    c.data.strict = False  # True: a bad example stops the run (else it is skipped, counted)
+    c.data.csv_image_key = "filepath"
+    c.data.csv_caption_key = "title"
+    c.data.tfds_dir = ml_collections.config_dict.placeholder(str)  # None = TFDS default
+    c.data.tfds_image_key = "image"
+    c.data.tfds_caption_key = "caption"
     c.data.shapes = ml_collections.ConfigDict()  # options of generated:shapes
 
     c.model = ml_collections.ConfigDict()
@@ -53,6 +68,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.t_init = math.log(10.0)
     c.model.b_init = -10.0
     c.model.dtype = "float32"  # compute dtype; params stay float32
+    # Pretrained init: a transformers SigLIP folder or big_vision .npz, and which of its
+    # top-level subtrees ("img,txt,t,b") to copy; those towers take its architecture.
+    c.model.init_from = ml_collections.config_dict.placeholder(str)
+    c.model.init_towers = ""
 
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "sigmoid"
@@ -68,8 +87,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.grad_clip = ml_collections.config_dict.placeholder(float)  # global norm
     c.optim.b1 = 0.9
     c.optim.b2 = 0.999
+    # Regex searched in "/"-joined param paths ("img/Transformer/..."); matches are frozen:
+    # no gradient computed, no optimizer state, never updated.
+    c.optim.freeze = ml_collections.config_dict.placeholder(str)
+    # GradCache accumulation: embed the batch in this many micro-batches, compute the loss
+    # on the whole batch, backprop micro-batch by micro-batch (same gradient, less memory).
+    c.optim.microbatches = 1
 
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "model": 1})
+    # Params: (logical axis, mesh axis) rules (tensor parallel), then FSDP over "fsdp" for
+    # params of >= fsdp_min_size elements (multimodal_ssl/sharding.py).
+    c.sharding = ml_collections.ConfigDict()
+    c.sharding.rules = (("heads", "model"), ("mlp", "model"))
+    c.sharding.fsdp_min_size = 2**14
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 500
@@ -77,6 +107,17 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.evals = ml_collections.ConfigDict()
     return c
+
+
+def parse_init_towers(spec: str) -> tuple[str, ...]:
+    """``model.init_towers`` ``"img,t"`` -> ``("img", "t")``; ValueError naming the key."""
+    towers = tuple(s.strip() for s in spec.split(",") if s.strip())
+    if any(t not in INIT_TOWERS for t in towers) or len(set(towers)) != len(towers):
+        _fail(
+            "model.init_towers",
+            f"{spec!r} must be distinct comma-separated names from {list(INIT_TOWERS)}",
+        )
+    return towers
 
 
 def _is_dict(value: Any) -> bool:
@@ -136,6 +177,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in ("image_size", "max_text_len"):
         _check_positive(f"data.{key}", config.data[key])
     _check_positive("data.worker_count", config.data.worker_count, allow_zero=True)
+    _check_positive("data.read_threads", config.data.read_threads, allow_zero=True)
+    from multimodal_ssl.data.preprocess import Preprocess  # local: keep config import light
+    from multimodal_ssl.data.sources import parse_mixture
+
+    parse_mixture(config.data.train)
+    for key in ("pp_train", "pp_eval"):
+        try:
+            Preprocess(config.data[key], config.data.image_size)
+        except ValueError as e:
+            _fail(f"data.{key}", str(e))
 
     from multimodal_ssl.models.text import TextTransformer  # local: keep config import light
     from multimodal_ssl.models.vit import ViT
@@ -144,6 +195,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_module_kwargs("model.text", config.model.text, TextTransformer)
     _check_positive("model.embed_dim", config.model.embed_dim)
     _check_choice("model.dtype", config.model.dtype, DTYPES)
+    towers = parse_init_towers(config.model.init_towers)
+    if bool(towers) != bool(config.model.init_from):
+        _fail(
+            "model.init_from" if towers else "model.init_towers",
+            f"model.init_from={config.model.init_from!r} and model.init_towers="
+            f"{config.model.init_towers!r} must be set together (a transformers SigLIP folder "
+            f"or big_vision .npz, and the subtrees to copy from it, e.g. 'img')",
+        )
+    if config.model.init_from and not os.path.exists(os.path.expanduser(config.model.init_from)):
+        _fail("model.init_from", f"{config.model.init_from!r} does not exist")
 
     _check_choice("loss.name", config.loss.name, LOSS_NAMES)
     _check_choice("loss.impl", config.loss.impl, LOSS_IMPLS)
@@ -157,6 +218,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_positive("optim.weight_decay", config.optim.weight_decay, allow_zero=True)
     if config.optim.grad_clip is not None:
         _check_positive("optim.grad_clip", config.optim.grad_clip)
+    if config.optim.freeze is not None:
+        try:
+            re.compile(config.optim.freeze)
+        except re.error as e:
+            _fail("optim.freeze", f"{config.optim.freeze!r} is not a valid regex: {e}")
 
     sizes = dict(config.mesh)
     for axis, size in sizes.items():
@@ -164,12 +230,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
             _fail(f"mesh.{axis}", f"must be a positive int or -1 (= the rest), got {size!r}")
     if list(sizes.values()).count(-1) > 1:
         _fail("mesh", f"at most one axis may be -1, got {sizes}")
+    _check_positive("optim.microbatches", config.optim.microbatches)
+    for rule in config.sharding.rules:
+        if not (
+            isinstance(rule, tuple | list)
+            and len(rule) == 2
+            and isinstance(rule[0], str)
+            and (rule[1] is None or rule[1] in MESH_AXES)
+        ):
+            _fail("sharding.rules", f"{rule!r} is not a (logical axis, one of {MESH_AXES} or None)")
+    _check_positive("sharding.fsdp_min_size", config.sharding.fsdp_min_size, allow_zero=True)
 
     _check_positive("checkpoint.every_steps", config.checkpoint.every_steps)
     _check_positive("checkpoint.keep", config.checkpoint.keep)
 
     from multimodal_ssl.evals import get_evaluator  # local: evals import data and models
-    from multimodal_ssl.evals.common import resolve_config
 
     for name, eval_cfg in config.evals.items():
         if not _is_dict(eval_cfg) or "type" not in eval_cfg:
@@ -179,6 +254,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
         except ValueError as e:
             _fail(f"evals.{name}.type", str(e))
         try:  # the evaluator's own key and value checks, run before anything is built
-            resolve_config(name, eval_cfg, evaluator_cls.default_config())
+            evaluator_cls.resolve(name, eval_cfg)
         except ValueError as e:
             raise ValueError(f"config.{e}") from e

@@ -20,6 +20,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from multimodal_ssl import distributed  # defines --coordinator_address etc.; no JAX import
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/siglip.py")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -40,6 +42,7 @@ def _reexec_with_malloc_tuning() -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    distributed.initialize_from_flags()  # before anything touches a JAX backend
     import jax  # imported here so the re-exec above happens before jax loads
 
     from multimodal_ssl.train import train

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+import flax.traverse_util
 import jax
 import ml_collections
 import optax
+
+from multimodal_ssl.models.layout import path_str
 
 
 def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
@@ -48,10 +52,52 @@ def kernel_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(is_kernel, params)
 
 
+def frozen_mask(params: Any, pattern: str | None) -> Any:
+    """True for the params frozen by ``optim.freeze``: their ``"/"``-joined path
+    (``img/Transformer/encoderblock_0/...``) matches the regex ``pattern`` (``re.search``).
+    All False when ``pattern`` is None."""
+    regex = None if pattern is None else re.compile(pattern)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: bool(regex and regex.search(path_str(path))), params
+    )
+
+
+def partition_frozen(params: dict, pattern: str | None) -> tuple[dict, dict]:
+    """``(trainable, frozen)``: nested dicts holding the params that ``pattern`` leaves
+    trainable / freezes (see :func:`frozen_mask`); ``frozen`` is ``{}`` when ``pattern``
+    is None. :func:`merge_params` undoes it. Raises ValueError naming ``optim.freeze``
+    when the pattern matches no param or every param."""
+    if pattern is None:
+        return params, {}
+    flat = flax.traverse_util.flatten_dict(params, sep="/")
+    regex = re.compile(pattern)
+    frozen = {k: v for k, v in flat.items() if regex.search(k)}
+    if not frozen or len(frozen) == len(flat):
+        raise ValueError(
+            f"config.optim.freeze: {pattern!r} matches {'no' if not frozen else 'every'} "
+            f"param; paths look like {next(iter(flat))!r}"
+        )
+    trainable = {k: v for k, v in flat.items() if k not in frozen}
+    unflatten = flax.traverse_util.unflatten_dict
+    return unflatten(trainable, sep="/"), unflatten(frozen, sep="/")
+
+
+def merge_params(a: dict, b: dict) -> dict:
+    """The union of two disjoint nested param dicts (inverse of :func:`partition_frozen`)."""
+    flat = flax.traverse_util.flatten_dict(a)
+    flat.update(flax.traverse_util.flatten_dict(b))
+    return flax.traverse_util.unflatten_dict(flat)
+
+
 def make_optimizer(
     cfg: ml_collections.ConfigDict, total_steps: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """Returns ``(tx, schedule)``: optional global-norm clipping, then adamw/adafactor."""
+    """Returns ``(tx, schedule)``: optional global-norm clipping, then adamw/adafactor.
+
+    With ``cfg.freeze`` (a regex, see :func:`frozen_mask`) the frozen params go to
+    ``optax.set_to_zero`` through ``optax.multi_transform``: zero updates and no
+    optimizer state; clipping and weight decay see only the trainable params.
+    """
     schedule = make_schedule(cfg, total_steps)
     if cfg.name == "adamw":
         opt = optax.adamw(
@@ -67,4 +113,12 @@ def make_optimizer(
         raise ValueError(f"config.optim.name: unknown optimizer {cfg.name!r}")
     if cfg.grad_clip is not None:
         opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), opt)
+    if cfg.freeze is not None:
+
+        def labels(params):
+            return jax.tree.map(
+                lambda f: "frozen" if f else "trainable", frozen_mask(params, cfg.freeze)
+            )
+
+        opt = optax.multi_transform({"trainable": opt, "frozen": optax.set_to_zero()}, labels)
     return opt, schedule

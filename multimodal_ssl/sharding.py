@@ -2,8 +2,15 @@
 
 The mesh always has the three axes ``("data", "fsdp", "model")`` (size 1 where
 unused), so shardings and the ring losses are written once for every layout. The
-batch is split over ``BATCH_AXES``; parameters are replicated for now (FSDP and
-tensor-parallel rules map onto the same mesh).
+batch is split over ``BATCH_AXES``.
+
+Parameters (:func:`param_shardings`): each param's logical axes
+(``models.layout``) are mapped to mesh axes by ``config.sharding.rules`` (default:
+tensor parallel, attention ``heads`` and ``mlp`` hidden over ``model``); then FSDP
+shards the largest remaining dimension divisible by ``mesh.fsdp`` over ``fsdp``, for
+params of at least ``config.sharding.fsdp_min_size`` elements. A dimension not
+divisible by its mesh axis stays replicated. Optimizer state follows the params
+(:func:`follow_params`).
 """
 
 from __future__ import annotations
@@ -12,14 +19,18 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from multimodal_ssl.config import MESH_AXES
+from multimodal_ssl.models import layout
 
 BATCH_AXES = ("data", "fsdp")
+# Logical axes that FSDP never shards: stacked scan layers are sliced every iteration.
+_NO_FSDP = ("layers",)
 
 
 def resolve_mesh_shape(sizes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
@@ -96,6 +107,79 @@ def to_global(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Arra
     }
 
 
-def tree_shardings(tree: Any, sharding: NamedSharding) -> Any:
-    """The same sharding for every leaf of ``tree``."""
-    return jax.tree.map(lambda _: sharding, tree)
+def param_spec(
+    shape: Sequence[int],
+    axes: Sequence[str | None],
+    mesh: Mesh,
+    rules: Sequence[tuple[str, str | None]],
+    fsdp_min_size: int,
+) -> P:
+    """PartitionSpec of one param of ``shape`` with logical ``axes`` (see module doc)."""
+    spec = list(nn.logical_to_mesh_axes(tuple(axes), tuple(map(tuple, rules))))
+    spec += [None] * (len(shape) - len(spec))
+    for i, mesh_axis in enumerate(spec):
+        if mesh_axis is not None and (
+            mesh.shape[mesh_axis] == 1 or shape[i] % mesh.shape[mesh_axis]
+        ):
+            spec[i] = None
+    fsdp = mesh.shape["fsdp"]
+    if fsdp > 1 and "fsdp" not in spec and math.prod(shape) >= fsdp_min_size:
+        free = [
+            i
+            for i, n in enumerate(shape)
+            if spec[i] is None and n % fsdp == 0 and axes[i] not in _NO_FSDP
+        ]
+        if free:
+            spec[max(free, key=lambda i: (shape[i], -i))] = "fsdp"
+    return P(*spec)
+
+
+def param_shardings(
+    params: Any,
+    mesh: Mesh,
+    rules: Sequence[tuple[str, str | None]],
+    fsdp_min_size: int,
+) -> Any:
+    """NamedSharding of every leaf of ``params`` (arrays or ShapeDtypeStructs).
+
+    ``rules``: ``(logical axis, mesh axis or None)`` pairs, first match wins
+    (``config.sharding.rules``); ``fsdp_min_size``: smallest param (in elements) FSDP
+    shards. Raises ValueError naming a rule whose mesh axis is not in the mesh.
+    """
+    for logical, mesh_axis in rules:
+        if mesh_axis is not None and mesh_axis not in mesh.shape:
+            raise ValueError(
+                f"config.sharding.rules: ({logical!r}, {mesh_axis!r}) names no axis of the "
+                f"mesh {tuple(mesh.axis_names)}"
+            )
+    return jax.tree.map(
+        lambda x, axes: NamedSharding(mesh, param_spec(x.shape, axes, mesh, rules, fsdp_min_size)),
+        params,
+        layout.logical_axes(params),
+        is_leaf=lambda x: isinstance(x, tuple),
+    )
+
+
+def follow_params(tree: Any, params: Any, shardings: Any, default: NamedSharding) -> Any:
+    """Shardings for ``tree`` (e.g. optimizer state) that follow the params.
+
+    A leaf whose key path ends with a param's path and has that param's shape (Adam's
+    ``mu``/``nu`` copies of the param tree) gets the param's sharding; every other leaf
+    (step counts, factored second moments) gets ``default``.
+    """
+    by_path = {
+        tuple(layout.path_str(p).split("/")): (x.shape, s)
+        for (p, x), s in zip(
+            jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(shardings), strict=True
+        )
+    }
+
+    def one(path, leaf):
+        keys = tuple(layout.path_str(path).split("/"))
+        for start in range(len(keys)):
+            hit = by_path.get(keys[start:])
+            if hit is not None and tuple(hit[0]) == tuple(leaf.shape):
+                return hit[1]
+        return default
+
+    return jax.tree_util.tree_map_with_path(one, tree)

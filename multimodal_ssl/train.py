@@ -15,9 +15,10 @@ import numpy as np
 from absl import logging
 
 from multimodal_ssl import config as config_lib
+from multimodal_ssl import pretrained
 from multimodal_ssl.checkpointing import Checkpointer, abstract_like
-from multimodal_ssl.data.pipeline import make_train_loader
-from multimodal_ssl.data.sources import get_source
+from multimodal_ssl.data.pipeline import train_loader_from_config
+from multimodal_ssl.data.sources import DataOptions
 from multimodal_ssl.data.tokenizers import get_tokenizer
 from multimodal_ssl.evals import get_evaluator
 from multimodal_ssl.metrics import MetricWriter, Progress
@@ -40,7 +41,7 @@ def build_evaluators(config: ml_collections.ConfigDict, tokenizer) -> dict:
             image_size=config.data.image_size,
             seed=config.seed,
             tokenizer=tokenizer,
-            source_kwargs=config.data.shapes.to_dict(),
+            source_kwargs=DataOptions.from_config(config.data),
         )
         for name, cfg in config.evals.items()
     }
@@ -58,29 +59,20 @@ def train(
     logging.info("Mesh %s, global batch %d", dict(mesh.shape), config.batch_size)
 
     tokenizer = get_tokenizer(config.data.tokenizer, config.data.max_text_len)
-    source = get_source(
-        config.data.train,
-        image_size=config.data.image_size,
-        seed=config.seed,
-        default_split="train",
-        source_kwargs=config.data.shapes.to_dict(),
-    )
     data_iter = iter(
-        make_train_loader(
-            source,
+        train_loader_from_config(
+            config,
             batch_size=local_batch,
-            seed=config.seed,
             tokenizer=tokenizer,
-            image_size=config.data.image_size,
             shard_index=jax.process_index(),
             shard_count=jax.process_count(),
-            worker_count=config.data.worker_count,
         )
     )
 
+    config, imported = pretrained.init_from_config(config, tokenizer.vocab_size)
     model = build_model(config, tokenizer.vocab_size)
     tx, schedule = make_optimizer(config.optim, config.total_steps)
-    state = init_state(model, tx, config, mesh)
+    state = init_state(model, tx, config, mesh, imported)
     checkpointer = Checkpointer(
         workdir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep
     )
@@ -109,6 +101,7 @@ def train(
                 elapsed = time.perf_counter() - window_start
                 if window_steps:
                     last["train/examples_per_sec"] = window_steps * config.batch_size / elapsed
+                last["data/skipped"] = float(data_iter.skipped_all_processes())
                 window_start, window_steps = time.perf_counter(), 0
                 writer.write(step, last)
                 progress.update(step, {"loss": last["train/loss"],
@@ -128,6 +121,7 @@ def train(
     finally:
         progress.close()
         checkpointer.close()
+        data_iter.close()
         writer.close()
     return last
 

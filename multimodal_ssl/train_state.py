@@ -17,9 +17,16 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from multimodal_ssl import losses
+from multimodal_ssl import gradcache, losses
 from multimodal_ssl.models.towers import TwoTower
-from multimodal_ssl.sharding import batch_sharding, batch_size_per_step, replicated, tree_shardings
+from multimodal_ssl.optim import merge_params, partition_frozen
+from multimodal_ssl.sharding import (
+    batch_sharding,
+    batch_size_per_step,
+    follow_params,
+    param_shardings,
+    replicated,
+)
 
 
 @flax.struct.dataclass
@@ -59,21 +66,35 @@ def init_state(
     tx: optax.GradientTransformation,
     config: ml_collections.ConfigDict,
     mesh: Mesh,
+    imported: dict[str, Any] | None = None,
 ) -> TrainState:
-    """Initialises params from ``config.seed`` directly into their shardings."""
+    """Initialises params from ``config.seed`` directly into their shardings.
 
-    def init_fn(rng):
-        params = model.init(rng, **dummy_inputs(config))["params"]
+    ``imported``: top-level subtrees (``{"img": ...}``, from
+    ``pretrained.init_from_config``) that replace the random ones.
+    """
+    imported = imported or {}
+
+    def init_fn(rng, imported):
+        params = {**model.init(rng, **dummy_inputs(config))["params"], **imported}
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
     rng = jax.random.key(config.seed)
-    abstract = jax.eval_shape(init_fn, rng)
-    return jax.jit(init_fn, out_shardings=state_shardings(abstract, mesh))(rng)
+    abstract = jax.eval_shape(init_fn, rng, imported)
+    shardings = state_shardings(abstract, mesh, config.sharding)
+    return jax.jit(init_fn, out_shardings=shardings)(rng, imported)
 
 
-def state_shardings(state: TrainState, mesh: Mesh) -> Any:
-    """Sharding of every leaf of the train state (replicated for now)."""
-    return tree_shardings(state, replicated(mesh))
+def state_shardings(state: TrainState, mesh: Mesh, cfg: ml_collections.ConfigDict) -> Any:
+    """Sharding of every leaf of the train state: params by ``config.sharding`` rules
+    (tensor parallel + FSDP, see ``sharding.param_shardings``), optimizer state following
+    its params, the rest replicated."""
+    params = param_shardings(state.params, mesh, cfg.rules, cfg.fsdp_min_size)
+    return TrainState(
+        step=replicated(mesh),
+        params=params,
+        opt_state=follow_params(state.opt_state, state.params, params, replicated(mesh)),
+    )
 
 
 def contrastive_loss(
@@ -101,21 +122,46 @@ def make_train_step(
     mesh: Mesh,
     abstract_state: TrainState,
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
-    """One jitted step with donated state.
+    """One jitted step with donated state; in/out shardings are those of ``abstract_state``.
 
     batch: ``{"image": f32 [B,H,W,3], "text": i32 [B,L]}`` sharded on the batch axes.
     Returns the new state and scalar metrics ``train/{loss,lr,t,b,grad_norm}``.
+    ``optim.microbatches > 1``: GradCache accumulation (``gradcache.py``), the gradient of
+    the whole-batch loss computed with the activation memory of one micro-batch.
     """
+    microbatches = config.optim.microbatches
+    rows_per_shard = config.batch_size // batch_size_per_step(mesh)
+    if rows_per_shard % microbatches:
+        raise ValueError(
+            f"config.optim.microbatches: {microbatches} does not divide the {rows_per_shard} "
+            f"rows per batch shard (batch_size {config.batch_size}, mesh {dict(mesh.shape)})"
+        )
 
-    def loss_fn(params, batch):
-        zimg, ztxt, out = model.apply({"params": params}, image=batch["image"], text=batch["text"])
-        loss = contrastive_loss(config.loss, zimg, ztxt, out["t"], out["b"], mesh)
-        return loss, out
+    freeze = config.optim.freeze
+    partition_frozen(abstract_state.params, freeze)  # fail now if it matches none or all
 
     def step_fn(state: TrainState, batch):
-        (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        # Only the trainable params are differentiated: no backward for frozen towers.
+        trainable, frozen = partition_frozen(state.params, freeze)
+
+        def embed_fn(params, batch):
+            zimg, ztxt, _ = model.apply(
+                {"params": merge_params(params, frozen)}, image=batch["image"], text=batch["text"]
+            )
+            return {"zimg": zimg, "ztxt": ztxt}
+
+        def loss_fn(params, emb):
+            _, _, out = model.apply({"params": merge_params(params, frozen)})  # t and b only
+            loss = contrastive_loss(config.loss, emb["zimg"], emb["ztxt"], out["t"], out["b"], mesh)
+            return loss, out
+
+        (loss, out), grads = gradcache.value_and_grad(
+            embed_fn, loss_fn, trainable, batch, microbatches, batch_sharding(mesh)
+        )
+        zeros = jax.tree.map(jnp.zeros_like, frozen)  # unused by tx (set_to_zero)
+        updates, opt_state = tx.update(merge_params(grads, zeros), state.opt_state, state.params)
+        updates, _ = partition_frozen(updates, freeze)
+        params = merge_params(optax.apply_updates(trainable, updates), frozen)
         metrics = {
             "train/loss": loss,
             "train/lr": schedule(state.step),
@@ -125,7 +171,7 @@ def make_train_step(
         }
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-    shardings = state_shardings(abstract_state, mesh)
+    shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
     return jax.jit(
         step_fn,
         in_shardings=(shardings, batch_sharding(mesh)),

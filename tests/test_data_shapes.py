@@ -249,7 +249,7 @@ def test_get_source_specs_and_options():
     explicit = sources.get_source(
         "generated:shapes:test",
         default_split="train",
-        source_kwargs={"test_examples": 5, "max_objects": 2},
+        source_kwargs={"shapes": {"test_examples": 5, "max_objects": 2}},
         **kw,
     )
     assert (train.split, test.split, explicit.split, len(explicit)) == ("train", "test", "test", 5)
@@ -259,7 +259,7 @@ def test_get_source_specs_and_options():
         sources.get_source(
             "generated:shapes:test",
             default_split="x",
-            source_kwargs={"max_objects": 2, "test_examples": 5},
+            source_kwargs={"shapes": {"max_objects": 2, "test_examples": 5}},
             **kw,
         )
     )
@@ -268,15 +268,35 @@ def test_get_source_specs_and_options():
 @pytest.mark.parametrize(
     "spec, options, match",
     [
-        ("csv:/data/x.csv", None, r"unknown prefix 'csv'; known prefixes: \['generated'\]"),
+        (
+            "parquet:/x",
+            None,
+            r"unknown prefix 'parquet'; known prefixes: \['csv', 'generated', 'tfds', 'wds'\]",
+        ),
         ("generated:circles", None, r"unknown generated dataset 'circles'; known: \['shapes'\]"),
         ("generated:shapes:val", None, r"split: 'val' is not one of \['train', 'test'\]"),
         ("generated:shapes:test:x", None, r"expected 'generated:shapes\[:SPLIT\]'"),
-        ("generated:shapes", {"max_objs": 2}, r"'max_objs' \(config data\.shapes\.max_objs\)"),
-        ("generated:shapes", {"min_objects": 3, "max_objects": 2}, r"min_objects, max_objects"),
-        ("generated:shapes", {"max_objects": 10}, r"max_objects"),
-        ("generated:shapes", {"test_fraction": 1.0}, r"test_fraction: must be in \(0, 1\)"),
-        ("generated:shapes", {"train_examples": 0}, r"train_examples: must be an int >= 1"),
+        (
+            "generated:shapes",
+            {"shapes": {"max_objs": 2}},
+            r"'max_objs' \(config data\.shapes\.max_objs\)",
+        ),
+        (
+            "generated:shapes",
+            {"shapes": {"min_objects": 3, "max_objects": 2}},
+            r"min_objects, max_objects",
+        ),
+        ("generated:shapes", {"shapes": {"max_objects": 10}}, r"max_objects"),
+        (
+            "generated:shapes",
+            {"shapes": {"test_fraction": 1.0}},
+            r"test_fraction: must be in \(0, 1\)",
+        ),
+        (
+            "generated:shapes",
+            {"shapes": {"train_examples": 0}},
+            r"train_examples: must be an int >= 1",
+        ),
     ],
 )
 def test_get_source_errors_name_the_problem(spec, options, match):

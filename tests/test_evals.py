@@ -3,9 +3,10 @@ reference for retrieval, and the evaluator classes on fake sources and embedders
 
 from __future__ import annotations
 
-import ml_collections
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from eval_fakes import CLASSES, FakeSource, build, install_fake_data, oracle_images, oracle_texts
 
 from multimodal_ssl import evals
 from multimodal_ssl.evals import common, retrieval
@@ -149,6 +150,25 @@ def test_chunked_ranks_equal_unchunked():
         )
 
 
+def test_100k_by_100k_retrieval_scores_in_bounded_blocks(monkeypatch):
+    """No step builds the 100k x 100k score matrix: the block kernel (its arithmetic is
+    tested above) is replaced by a recorder of the blocks it is asked to score."""
+    blocks = []
+
+    def recording_kernel(queries, candidates, positives):
+        blocks.append((queries.shape[0], candidates.shape[0], positives.shape))
+        return jnp.ones(queries.shape[0], jnp.int32)
+
+    monkeypatch.setattr(common, "_chunk_ranks", recording_kernel)
+    n = 100_000
+    emb = np.zeros((n, 2), np.float32)
+    m = evals.retrieval_metrics(emb, emb, np.arange(n))
+    assert m["img2txt_r@1"] == m["txt2img_r@1"] == 1.0 and m["txt2img_mean_rank"] == 1.0
+    assert max(q * k for q, k, _ in blocks) <= common.SCORE_BLOCK_ELEMENTS
+    assert sum(q for q, _, _ in blocks) >= 2 * n  # every query of both directions scored
+    assert {p for _, _, p in blocks} == {(blocks[0][0], 1)}
+
+
 def test_retrieval_rejects_bad_input():
     emb = np.eye(3)
     with pytest.raises(ValueError, match="text_emb"):
@@ -243,72 +263,10 @@ def test_prompt_ensembling_rejects_bad_templates():
 
 # ----------------------------------------------------------------------- evaluators
 
-CLASSES = ["red circle", "blue square", "green triangle", "red square"]
-
-
-class FakeSource:
-    classnames = CLASSES
-    templates = ["a photo of a {}.", "a {}"]
-
-
-class ClassTokenizer:
-    """Captions/prompts -> [class index + 1, 0]: the model below reads the class off the
-    tokens, like an oracle that understood the caption."""
-
-    def encode(self, texts):
-        rows = [[1 + next(i for i, c in enumerate(CLASSES) if c in t), 0] for t in texts]
-        return np.array(rows, np.int32)
-
-
-def fake_batches(labels, batch_size):
-    """Images hold their label in every pixel; the caption names the class."""
-    tok = ClassTokenizer()
-    for start in range(0, len(labels), batch_size):
-        lab = np.asarray(labels[start : start + batch_size], np.int32)
-        yield {
-            "image": np.broadcast_to(lab[:, None, None, None], (len(lab), 2, 2, 3)).astype(
-                np.float32
-            ),
-            "text": tok.encode([f"a {CLASSES[i]} somewhere" for i in lab]),
-            "label": lab,
-            "id": np.arange(start, start + len(lab)),
-        }
-
-
-def oracle_images(images):
-    return np.eye(len(CLASSES), dtype=np.float32)[images[:, 0, 0, 0].astype(int)]
-
-
-def oracle_texts(tokens):
-    return np.eye(len(CLASSES), dtype=np.float32)[tokens[:, 0] - 1]  # pad rows hit -1: fine
-
-
-LABELS = [0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2]
-
 
 @pytest.fixture
 def fake_data(monkeypatch):
-    """Replaces the data module with FakeSource / fake_batches; records the calls."""
-    calls = {"source": [], "batches": []}
-
-    def open_source(spec, **kwargs):
-        calls["source"].append((spec, kwargs))
-        return FakeSource()
-
-    def make_batches(source, *, batch_size, tokenizer, image_size, max_examples):
-        calls["batches"].append((batch_size, image_size, max_examples))
-        return fake_batches(LABELS[:max_examples], batch_size)
-
-    monkeypatch.setattr(common, "open_eval_source", open_source)
-    monkeypatch.setattr(common, "make_batches", make_batches)
-    return calls
-
-
-def build(type_name, **cfg):
-    cfg = ml_collections.ConfigDict({"type": type_name, "data": "fake:test", **cfg})
-    return evals.get_evaluator(type_name)(
-        "ev", cfg, image_size=2, seed=0, tokenizer=ClassTokenizer(), source_kwargs={"a": 1}
-    )
+    return install_fake_data(monkeypatch)
 
 
 def test_zeroshot_evaluator_with_oracle_and_wrong_model(fake_data):
@@ -397,7 +355,7 @@ def test_registry_and_default_configs():
         evals.get_evaluator("knn9")
     zs = evals.get_evaluator("zeroshot").default_config()
     rt = evals.get_evaluator("retrieval").default_config()
-    common_keys = {"type", "data", "every_steps", "max_examples", "batch_size"}
+    common_keys = {"type", "data", "every_steps", "max_examples", "batch_size", "label_key"}
     assert set(zs) == common_keys | {"classnames", "templates"} and zs.type == "zeroshot"
     assert set(rt) == common_keys and rt.type == "retrieval"
     with pytest.raises(ValueError, match=r"evals\.ev\.type: expected 'retrieval'"):

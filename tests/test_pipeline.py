@@ -1,4 +1,5 @@
-"""grain pipelines: batch format, determinism, sharding, exact resume, eval passes."""
+"""grain pipelines on generated data: batch format, determinism, sharding, mixtures,
+exact resume, worker processes, eval passes."""
 
 import itertools
 import time
@@ -106,20 +107,45 @@ def test_state_restore_continues_exactly(shard_index):
     assert ids_of(got) == ids_of(expected)
     for x, y in zip(got, expected, strict=True):
         np.testing.assert_array_equal(x["image"], y["image"])
-    with pytest.raises(ValueError, match="DataSource in checkpoint does not match"):
+    with pytest.raises(ValueError, match="state was saved by a different input pipeline"):
         iter(loader(source(24, image_size=4), **kwargs)).set_state(state)
+    with pytest.raises(ValueError, match=r"saved: .*batch=4.*\n  now: .*batch=2"):
+        iter(loader(src, batch_size=2, **kwargs)).set_state(state)
 
 
-def test_worker_process_gives_the_same_batches_and_state():
+def test_worker_processes_cover_the_epoch_and_restore_exactly():
     src = source(24)
-    expected = take(iter(loader(src)), 4)
-    it = iter(loader(src, worker_count=1))
-    got = take(it, 2)
+    it = iter(loader(src, worker_count=2))
+    first = take(it, 3)
     state = it.get_state()
-    assert ids_of(got) == ids_of(expected[:2])
-    restored = iter(loader(src, worker_count=1))
-    restored.set_state(state)
-    assert ids_of(take(restored, 2)) == ids_of(expected[2:])
+    rest = take(it, 3)
+    assert sorted(i for b in ids_of(first + rest) for i in b) == list(range(24))  # one epoch
+    it.set_state(state)  # workers restart from the saved per-worker positions
+    assert ids_of(take(it, 3)) == ids_of(rest)
+    it.close()
+
+
+def test_mixture_draws_in_proportion_with_offset_ids_and_disjoint_shards():
+    big, small = source(40), source(20, split="test")
+    mixture = [(big, 3.0), (small, 1.0)]
+    seen = []
+    for index in (0, 1):
+        it = iter(loader(mixture, batch_size=8, shard_index=index, shard_count=2))
+        ids = np.concatenate([b["id"] for b in take(it, 10)])
+        # ids < 40 come from `big`, 40 + j is example j of `small`.
+        assert np.sum(ids < 40) == 60 and np.sum(ids >= 40) == 20
+        shard_big = set(range(20 * index, 20 * index + 20))
+        shard_small = {40 + j for j in range(10 * index, 10 * index + 10)}
+        assert set(ids.tolist()) == shard_big | shard_small  # each shard fully, nothing else
+        first = [int(i) - 40 for i in ids if i >= 40][:10]
+        assert sorted(first) == list(range(10 * index, 10 * index + 10))  # a full pass first
+        seen.append(set(ids.tolist()))
+    assert not seen[0] & seen[1]
+    record = small[int(first[0])]
+    it = iter(loader(mixture, batch_size=8, shard_index=1, shard_count=2))
+    batch = next(b for b in it if np.any(b["id"] == 40 + first[0]))
+    row = int(np.flatnonzero(batch["id"] == 40 + first[0])[0])
+    assert TOK.decode(batch["text"][row]) == [record["caption"]]
 
 
 @pytest.mark.parametrize(
@@ -130,6 +156,8 @@ def test_worker_process_gives_the_same_batches_and_state():
         ({"shard_index": 2, "shard_count": 2}, r"shard_index: must be in \[0, 2\), got 2"),
         ({"seed": -1}, r"seed: the shuffle seed must be an int in \[0, 2\*\*32\)"),
         ({"num_epochs": 0}, r"num_epochs: must be an int >= 1"),
+        ({"preprocess": "resize|flip_lr"}, r"must end with a value op"),
+        ({"read_threads": -1}, r"read_threads: must be an int >= 0"),
     ],
 )
 def test_train_loader_bad_arguments(kwargs, match):
@@ -141,15 +169,29 @@ def test_train_loader_bad_arguments(kwargs, match):
 def test_wrong_image_size_names_the_record():
     it = iter(
         pipeline.make_train_loader(
-            source(), batch_size=2, seed=0, tokenizer=TOK, image_size=SIZE + 1
+            source(),
+            batch_size=2,
+            seed=0,
+            tokenizer=TOK,
+            image_size=SIZE + 1,
+            preprocess="value_range(-1, 1)",
         )
     )
     with pytest.raises(
         ValueError,
-        match=r"record id \d+: image must be uint8 \[9, 9, 3\], "
-        r"got uint8 \[8, 8, 3\]",
+        match=r"record id \d+ \(ShapesSource.* example \d+\): image must be uint8 \[9, 9, 3\] "
+        r"after the ops 'value_range\(-1, 1\)', got uint8 \[8, 8, 3\]",
     ):
         next(it)
+    # The default ops resize and crop any image to the configured size.
+    batch = next(
+        iter(
+            pipeline.make_train_loader(
+                source(), batch_size=2, seed=0, tokenizer=TOK, image_size=SIZE + 1
+            )
+        )
+    )
+    assert batch["image"].shape == (2, SIZE + 1, SIZE + 1, 3)
 
 
 def test_eval_batches_are_ordered_finite_and_repeatable():

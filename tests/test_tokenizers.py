@@ -1,7 +1,13 @@
-"""The byte tokenizer: ids, right padding, truncation at character boundaries, errors."""
+"""Tokenizers: bytes (ids, right padding, truncation at character boundaries), a
+SentencePiece model and a HuggingFace tokenizer.json trained here, errors."""
+
+import io
+import pickle
 
 import numpy as np
 import pytest
+import sentencepiece as spm
+import tokenizers as hf
 
 from multimodal_ssl.data import tokenizers
 
@@ -78,7 +84,14 @@ def test_bad_input_raises(call, match):
 @pytest.mark.parametrize(
     "spec, max_len, match",
     [
-        ("sentencepiece:/x.model", 8, r"unknown kind 'sentencepiece'; known: \['bytes'\]"),
+        (
+            "wordpiece:/x.txt",
+            8,
+            r"unknown kind 'wordpiece'; known: \['bytes', 'hf', 'sentencepiece'\]",
+        ),
+        ("sentencepiece:/nope/x.model", 8, r"'sentencepiece:/nope/x.model': cannot read /nope/x"),
+        ("sentencepiece:", 8, r"expected 'sentencepiece:PATH'"),
+        ("hf:/nope/tokenizer.json", 8, r"'hf:/nope/tokenizer.json': cannot read"),
         ("bytes:utf16", 8, r"'bytes' takes no argument"),
         ("bytes", 0, r"max_len: must be an int >= 1, got 0"),
         (None, 8, r"tokenizer spec: expected a str"),
@@ -87,3 +100,96 @@ def test_bad_input_raises(call, match):
 def test_get_tokenizer_errors(spec, max_len, match):
     with pytest.raises(ValueError, match=match):
         tokenizers.get_tokenizer(spec, max_len)
+
+
+CORPUS = [
+    "a small red circle in the top left",
+    "a large blue square at the bottom",
+    "two green triangles next to a purple diamond",
+    "the photo shows a dog running on the beach",
+    "an orange cat sleeps on a blue sofa",
+] * 20
+
+
+def train_sentencepiece(path, **options):
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS),
+        model_writer=model,
+        vocab_size=40,
+        model_type="unigram",
+        minloglevel=2,
+        **options,
+    )
+    path.write_bytes(model.getvalue())
+    return str(path)
+
+
+@pytest.mark.parametrize("pad_option, expected_pad", [({}, "eos"), ({"pad_id": 3}, 3)])
+def test_sentencepiece_ids_eos_padding_and_truncation(tmp_path, pad_option, expected_pad):
+    path = train_sentencepiece(tmp_path / "spm.model", **pad_option)
+    reference = spm.SentencePieceProcessor(model_file=path)
+    eos = reference.eos_id()
+    pad = eos if expected_pad == "eos" else expected_pad
+    texts = ["a small red circle", "the photo shows a dog running on the beach", ""]
+    for max_len in (4, 12, 40):
+        tok = tokenizers.get_tokenizer(f"sentencepiece:{path}", max_len)
+        assert tok.vocab_size == reference.get_piece_size() and tok.pad_id == pad
+        ids = tok.encode(texts)
+        assert ids.shape == (3, max_len) and ids.dtype == np.int32
+        for row, text in zip(ids, texts, strict=True):
+            want = reference.encode(text) + [eos]
+            if len(want) > max_len:  # truncated, EOS kept last ("sticky")
+                want = want[: max_len - 1] + [eos]
+            np.testing.assert_array_equal(row, want + [pad] * (max_len - len(want)))
+    tok = tokenizers.get_tokenizer(f"sentencepiece:{path}", 40)
+    assert tok.decode(tok.encode(texts)) == texts
+    clone = pickle.loads(pickle.dumps(tok))  # grain worker processes receive a pickled copy
+    np.testing.assert_array_equal(clone.encode(texts), tok.encode(texts))
+
+
+def test_sentencepiece_rejects_a_file_that_is_not_a_model(tmp_path):
+    bad = tmp_path / "x.model"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match=r"sentencepiece:.*x\.model: not a SentencePiece model"):
+        tokenizers.get_tokenizer(f"sentencepiece:{bad}", 8)
+
+
+def train_hf_tokenizer(path, padding=False):
+    tok = hf.Tokenizer(hf.models.BPE(unk_token="<unk>"))
+    tok.normalizer = hf.normalizers.Lowercase()
+    tok.pre_tokenizer = hf.pre_tokenizers.Metaspace()
+    tok.decoder = hf.decoders.Metaspace()
+    trainer = hf.trainers.BpeTrainer(
+        vocab_size=80, special_tokens=["<unk>", "<s>", "</s>", "<pad>"]
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    tok.post_processor = hf.processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", 1), ("</s>", 2)]
+    )
+    if padding:
+        tok.enable_padding(pad_id=0, pad_token="<unk>")
+    tok.save(str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("configured_padding", [False, True])
+def test_hf_tokenizer_json_matches_the_library(tmp_path, configured_padding):
+    path = train_hf_tokenizer(tmp_path / "tokenizer.json", configured_padding)
+    pad = 0 if configured_padding else 3  # its configured pad id, else "<pad>"
+    texts = ["A small RED circle", "the photo shows a dog running on the beach", ""]
+    for max_len in (5, 32):
+        tok = tokenizers.get_tokenizer(f"hf:{path}", max_len)
+        reference = hf.Tokenizer.from_file(path)
+        reference.enable_truncation(max_len)
+        reference.enable_padding(length=max_len, pad_id=pad)
+        want = np.array([e.ids for e in reference.encode_batch(texts)])
+        np.testing.assert_array_equal(tok.encode(texts), want)
+        assert tok.pad_id == pad and tok.vocab_size == reference.get_vocab_size()
+    ids = tokenizers.get_tokenizer(f"hf:{path}", 5).encode(texts)
+    assert ids[1, 0] == 1 and ids[1, -1] == 2  # BOS first, EOS kept when truncating
+    tok = tokenizers.get_tokenizer(f"hf:{path}", 32)
+    ids = tok.encode(texts[:2])
+    assert tok.decode(ids) == [t.lower() for t in texts[:2]] == reference.decode_batch(ids.tolist())
+    clone = pickle.loads(pickle.dumps(tok))
+    np.testing.assert_array_equal(clone.encode(texts), tok.encode(texts))

@@ -1,10 +1,16 @@
-"""The data layer: sources, tokenizers and grain pipelines.
+"""The data layer: sources, decoding and preprocessing, tokenizers and grain pipelines.
 
 * :mod:`.sources`: ``get_source(spec, ...)`` turns a spec string such as
-  ``"generated:shapes:test"`` into a random-access source with ``classnames`` /
-  ``templates`` metadata; formats register under a prefix.
-* :mod:`.shapes`: the built-in generated dataset (scenes, rendering, captions, splits).
-* :mod:`.tokenizers`: ``get_tokenizer(spec, max_len)``; texts -> right-padded int32 rows.
-* :mod:`.pipeline`: ``make_train_loader`` (shuffled, sharded, checkpointable grain
-  loader) and ``make_eval_batches`` (ordered, finite pass); one batch format for both.
+  ``"generated:shapes:test"``, ``"csv:/data/train.csv"``, ``"wds:/data/{000..099}.tar"``
+  or ``"tfds:NAME:SPLIT"`` into a random-access source with ``classnames`` /
+  ``templates`` metadata; formats register under a prefix; ``DataOptions`` holds the
+  ``data.*`` options of sources; ``parse_mixture`` reads ``[(spec, weight), ...]``.
+* :mod:`.shapes`, :mod:`.csv_source`, :mod:`.wds_source`, :mod:`.tfds_source`: formats.
+* :mod:`.records`: bad-record errors, image decoding, caption checks, skip logging.
+* :mod:`.preprocess`: image ops from config strings (``data.pp_train`` / ``pp_eval``).
+* :mod:`.tokenizers`: ``get_tokenizer(spec, max_len)``; texts -> right-padded int32 rows
+  (bytes, SentencePiece, HuggingFace tokenizer.json).
+* :mod:`.pipeline`: ``make_train_loader`` (shuffled, sharded, mixed, checkpointable
+  grain loader that skips and counts bad examples) and ``make_eval_batches``
+  (ordered, finite pass); one batch format for both.
 """

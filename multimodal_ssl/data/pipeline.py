@@ -1,67 +1,205 @@
 """grain input pipelines: the endless, shuffled, sharded, checkpointable training
 loader and the ordered, finite eval pass. Both yield the same batch format:
 
-  image: f32 [b, S, S, 3] in [-1, 1]    text: i32 [b, L] (right-padded)
-  label: i32 [b]                        id:   i64 [b] (the source index)
+  image: f32 [b, S, S, 3] (value range set by the pp spec's last op)
+  text:  i32 [b, L] (right-padded)      label: i32 [b] (-1 = none)
+  id:    i64 [b] (the source index; in a mixture, offset by the sizes of the
+         sources listed before it)
 
-Image preprocessing (value range) lives only in :func:`preprocess_image`.
+Training pipeline of one process (grain dataset API; ``MapDataset`` stages are random
+access, so the iterator state is a few integers):
+
+  per source: range(its shard of this process) -> shuffle (new order each epoch)
+    -> repeat -> random_map(read + decode + ``data.pp_train`` geometric ops)
+  -> mix(weights) -> to_iter_dataset (``read_threads`` threads read ahead)
+  -> drop unreadable examples (counted) -> batch (+ tokenize)
+  -> [mp_prefetch: ``worker_count`` processes] -> value op, skip counter (main process)
+
+An unreadable example (:class:`~.records.BadRecord`) is dropped and the batch filled
+with the next ones; the iterator's ``skipped`` counts them (plus the parts of sources
+that could not be opened) and is saved with its state, so the trainer's
+``data/skipped`` metric survives restarts. A drop is counted with the batch that
+replaces it: in a finite run, drops after the last full batch are not counted. With
+``strict`` the first one raises.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import grain
 import numpy as np
-from absl import flags
+from absl import flags, logging
 
-from multimodal_ssl.data.sources import Source
+from multimodal_ssl.data.preprocess import Preprocess
+from multimodal_ssl.data.records import SKIP_LOG, BadRecord, decode_caption, decode_image
+from multimodal_ssl.data.sources import DEFAULT_PP, DataOptions, Source, open_train_sources
 from multimodal_ssl.data.tokenizers import Tokenizer
 
-# Threads reading (= generating) records ahead of batching, and how many records
-# they keep ready. Generation holds the GIL most of the time: more threads than
-# cores only add contention.
+# Threads per process reading and decoding examples ahead of batching (PIL decodes and
+# resizes without the GIL), and how many examples they keep ready.
 READ_THREADS = 2
 READ_PREFETCH = 512
+# This many unreadable examples in a row stop the pipeline: the data (or a data.* key
+# such as csv_image_key) is wrong, not a few files.
+MAX_CONSECUTIVE_SKIPS = 1000
 
 
-def preprocess_image(images: np.ndarray) -> np.ndarray:
-    """uint8 [..., S, S, 3] -> float32 [..., S, S, 3] in [-1, 1] (x / 127.5 - 1)."""
-    return images.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1)
+class ReadExample:
+    """``(index, rng) -> record``: reads ``source[index]``, decodes the image, applies the
+    geometric ops of ``preprocess`` and checks the caption. An unreadable example gives
+    ``{"skip": message}`` (logged the first times) or, with ``strict``, raises."""
+
+    def __init__(
+        self, source: Source, preprocess: Preprocess, *, id_offset: int = 0, strict: bool = False
+    ):
+        self.source, self.preprocess = source, preprocess
+        self.id_offset, self.strict = id_offset, strict
+        self.has_captions = getattr(source, "has_captions", True)
+
+    def __call__(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
+        try:
+            raw = self.source[int(index)]
+            where = raw.get("where") or f"{self.source!r} example {index}"
+            image = decode_image(raw["image"], where, self.preprocess.draft_size)
+            caption = decode_caption(raw["caption"], where) if self.has_captions else ""
+        except BadRecord as e:
+            if self.strict:
+                raise
+            SKIP_LOG(e)
+            return {"skip": str(e)}
+        image = self.preprocess(image, rng)
+        size = self.preprocess.image_size
+        if image.shape != (size, size, 3):
+            raise ValueError(
+                f"record id {raw['id']} ({where}): image must be uint8 [{size}, {size}, 3] "
+                f"after the ops {self.preprocess.spec!r}, got {image.dtype} {list(image.shape)}; "
+                f"end them with a fixed-size op such as center_crop or random_resized_crop"
+            )
+        return {
+            "image": image,
+            "caption": caption,
+            "label": raw["label"],
+            "id": self.id_offset + raw["id"],
+        }
 
 
 class Collate:
-    """Source records -> one batch of the batch format (grain ``Batch``'s ``batch_fn``).
+    """Records -> one batch (uint8 images; the value op runs later, on the whole batch)
+    plus ``skipped``: how many unreadable examples were dropped while filling it."""
 
-    Works on the whole batch at once (one image conversion, one tokenizer call),
-    which is cheaper than per-record transforms.
-    """
-
-    def __init__(self, tokenizer: Tokenizer, image_size: int):
+    def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
-        self.image_size = image_size
 
     def __call__(self, records: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
-        for r in records:
-            image = r["image"]
-            if not (
-                isinstance(image, np.ndarray)
-                and image.dtype == np.uint8
-                and image.shape == (self.image_size, self.image_size, 3)
-            ):
-                raise ValueError(
-                    f"record id {r.get('id')!r}: image must be uint8 "
-                    f"[{self.image_size}, {self.image_size}, 3], got "
-                    f"{getattr(image, 'dtype', type(image).__name__)} "
-                    f"{list(getattr(image, 'shape', []))}"
-                )
         return {
-            "image": preprocess_image(np.stack([r["image"] for r in records])),
+            "image": np.stack([r["image"] for r in records]),
             "text": self.tokenizer.encode([r["caption"] for r in records]),
             "label": np.array([r["label"] for r in records], np.int32),
             "id": np.array([r["id"] for r in records], np.int64),
+            "skipped": np.array(sum(r["skipped"] for r in records), np.int64),
         }
+
+
+class _DropSkipped(grain.IterDataset):
+    """Drops ``{"skip": ...}`` records; each kept record gets ``skipped``: the number
+    dropped just before it. Stateless beyond its parent (drops happen inside next)."""
+
+    def __iter__(self) -> grain.DatasetIterator:
+        return _DropSkippedIterator(self._parent.__iter__())
+
+
+class _DropSkippedIterator(grain.DatasetIterator):
+    trailing_skips = 0  # dropped after the last kept record of a finite stream
+
+    def __next__(self) -> dict[str, Any]:
+        dropped = 0
+        while True:
+            try:
+                record = next(self._parent)
+            except StopIteration:
+                self.trailing_skips = dropped
+                raise
+            if "skip" not in record:
+                record["skipped"] = dropped
+                return record
+            dropped += 1
+            if dropped >= MAX_CONSECUTIVE_SKIPS:
+                raise ValueError(
+                    f"{dropped} examples in a row were unreadable, the last: {record['skip']}; "
+                    f"check the data and the data.* config keys"
+                )
+
+    def get_state(self) -> dict[str, Any]:
+        return self._parent.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._parent.set_state(state)
+
+
+class TrainLoader(grain.IterDataset):
+    """What :func:`make_train_loader` returns; ``iter()`` gives a :class:`TrainIterator`."""
+
+    def __init__(
+        self,
+        parent: grain.IterDataset,
+        preprocess: Preprocess,
+        fingerprint: str,
+        skipped_at_open: int,
+    ):
+        super().__init__(parent)
+        self.preprocess, self.fingerprint = preprocess, fingerprint
+        self.skipped_at_open = skipped_at_open
+
+    def __iter__(self) -> TrainIterator:
+        return TrainIterator(self._parent.__iter__(), self)
+
+
+class TrainIterator(grain.DatasetIterator):
+    """Batches of the module's format. ``skipped``: unreadable examples (and unopenable
+    source parts) so far. ``get_state()`` / ``set_state()`` (JSON-able dicts, also via
+    orbax's ``grain.checkpoint.CheckpointSave/Restore``) continue exactly; a state only
+    restores into a loader with the same sources, weights, shard, batch size, seed,
+    epochs and worker count (else ValueError)."""
+
+    def __init__(self, parent: grain.DatasetIterator, loader: TrainLoader):
+        super().__init__(parent)
+        self._loader = loader
+        self.skipped = loader.skipped_at_open
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = dict(next(self._parent))
+        self.skipped += int(batch.pop("skipped"))
+        batch["image"] = self._loader.preprocess.normalize(batch["image"])
+        return batch
+
+    def skipped_all_processes(self) -> int:
+        """``skipped`` summed over all processes (a collective: all must call it)."""
+        import jax  # local: worker processes unpickle this module and need no jax
+        from jax.experimental import multihost_utils
+
+        if jax.process_count() == 1:
+            return self.skipped
+        return int(np.sum(multihost_utils.process_allgather(np.int64(self.skipped))))
+
+    def get_state(self) -> dict[str, Any]:
+        return {
+            "pipeline": self._loader.fingerprint,
+            "skipped": self.skipped,
+            "grain": self._parent.get_state(),
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if state.get("pipeline") != self._loader.fingerprint:
+            raise ValueError(
+                "data iterator state was saved by a different input pipeline; resuming needs "
+                f"the same data config.\n  saved: {state.get('pipeline')}\n"
+                f"  now:   {self._loader.fingerprint}"
+            )
+        self._parent.set_state(state["grain"])
+        self.skipped = int(state["skipped"])
 
 
 def _check_int(name: str, value: Any, low: int) -> None:
@@ -69,76 +207,113 @@ def _check_int(name: str, value: Any, low: int) -> None:
         raise ValueError(f"{name}: must be an int >= {low}, got {value!r}")
 
 
+def _seeds(seed: int, component: int) -> tuple[int, int]:
+    shuffle_seed, map_seed = np.random.SeedSequence([seed, component]).generate_state(2)
+    return int(shuffle_seed), int(map_seed)
+
+
 def make_train_loader(
-    source: Source,
+    sources: Source | Sequence[tuple[Source, float]],
     *,
     batch_size: int,
     seed: int,
     tokenizer: Tokenizer,
     image_size: int,
+    preprocess: str = DEFAULT_PP,
+    strict: bool = False,
     shard_index: int = 0,
     shard_count: int = 1,
     worker_count: int = 0,
+    read_threads: int = READ_THREADS,
     num_epochs: int | None = None,
-) -> grain.DataLoader:
-    """The training loader of one process.
+) -> TrainLoader:
+    """The training loader of one process (see the module docstring for the stages).
 
-    The source is split into ``shard_count`` contiguous, equal shards (remainder
-    dropped); this process reads shard ``shard_index``, shuffled with ``seed`` (a new
-    order each epoch), for ``num_epochs`` epochs (None = forever), in batches of
-    ``batch_size`` (incomplete last batch dropped).
-
-    ``iter(loader)`` yields the batch format of this module (per-process batch) and
-    supports ``get_state() -> bytes`` / ``set_state(bytes)`` (and orbax's
-    ``grain.checkpoint.CheckpointSave/Restore``): a restored iterator continues with
-    exactly the batches the saved one would have produced. ``worker_count`` > 0
-    decodes in that many worker processes; a state restores only into a loader
-    with the same worker count, source and sampler.
+    Args:
+      sources: one source, or a mixture ``[(source, weight), ...]``: each batch draws
+        from the sources in proportion to the weights, each repeated on its own.
+      batch_size: examples per batch of this process (incomplete last batch dropped).
+      seed: shuffle / augmentation seed (a new order each epoch).
+      tokenizer, image_size: text ids [b, max_len]; images [b, S, S, 3].
+      preprocess: the pp spec (``data.pp_train``; :mod:`.preprocess`).
+      strict: raise on the first unreadable example instead of skipping it.
+      shard_index, shard_count: each source is cut into ``shard_count`` contiguous,
+        equal shards (remainder dropped); this process reads shard ``shard_index``, so
+        processes never share an example.
+      worker_count: decode in this many processes (0 = threads of this process only).
+      read_threads: reading threads per process.
+      num_epochs: passes over each source (None = forever).
     """
+    mixture = list(sources) if isinstance(sources, list | tuple) else [(sources, 1.0)]
+    for pair in mixture:
+        if not (isinstance(pair, tuple | list) and len(pair) == 2 and pair[1] > 0):
+            raise ValueError(f"sources: expected a source or [(source, weight > 0)], got {pair!r}")
     _check_int("batch_size", batch_size, 1)
     _check_int("shard_count", shard_count, 1)
     _check_int("worker_count", worker_count, 0)
+    _check_int("read_threads", read_threads, 0)
     if not isinstance(shard_index, int) or not 0 <= shard_index < shard_count:
         raise ValueError(f"shard_index: must be in [0, {shard_count}), got {shard_index!r}")
     if not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise ValueError(f"seed: the shuffle seed must be an int in [0, 2**32), got {seed!r}")
     if num_epochs is not None:
         _check_int("num_epochs", num_epochs, 1)
-    per_shard = len(source) // shard_count
-    if per_shard < batch_size:
+    pp = Preprocess(preprocess, image_size)
+    per_shard = [len(source) // shard_count for source, _ in mixture]
+    if sum(per_shard) < batch_size or min(per_shard) < 1:
+        names = ", ".join(repr(s) for s, _ in mixture)
         raise ValueError(
-            f"batch_size: {batch_size} exceeds the {per_shard} examples of each of the "
-            f"{shard_count} shards of {source!r}"
+            f"batch_size: {batch_size} exceeds the {sum(per_shard)} examples of each of the "
+            f"{shard_count} shards of {names}"
         )
-    if worker_count and not flags.FLAGS.is_parsed():
-        # grain's worker processes read absl flags (e.g. its profiling switch); outside
-        # an absl app (tests, notebooks) use their defaults instead of failing.
-        flags.FLAGS.mark_as_parsed()
-    shard_options = grain.sharding.ShardOptions(
-        shard_index=shard_index, shard_count=shard_count, drop_remainder=True
+    components, offset = [], 0
+    for i, ((source, _), per) in enumerate(zip(mixture, per_shard, strict=True)):
+        if getattr(source, "has_captions", True) is False:
+            raise ValueError(f"{source!r} has no captions: it can be evaluated, not trained on")
+        shuffle_seed, map_seed = _seeds(seed, i)
+        start = shard_index * per
+        ds = grain.MapDataset.range(start, start + per).shuffle(seed=shuffle_seed)
+        ds = ds.repeat(num_epochs).random_map(
+            ReadExample(source, pp, id_offset=offset, strict=strict), seed=map_seed
+        )
+        components.append(ds)
+        offset += len(source)
+    weights = [float(w) for _, w in mixture]
+    ds = components[0] if len(components) == 1 else grain.MapDataset.mix(components, weights)
+    it = _DropSkipped(ds.to_iter_dataset(grain.ReadOptions(read_threads, READ_PREFETCH)))
+    it = it.batch(batch_size, drop_remainder=True, batch_fn=Collate(tokenizer))
+    if worker_count:
+        if not flags.FLAGS.is_parsed():
+            # grain's worker processes read absl flags (e.g. its profiling switch); outside
+            # an absl app (tests, notebooks) use their defaults instead of failing.
+            flags.FLAGS.mark_as_parsed()
+        it = it.mp_prefetch(grain.MultiprocessingOptions(worker_count, per_worker_buffer_size=2))
+    fingerprint = (
+        f"sources={[(repr(s), w) for s, w in mixture]} shard={shard_index}/{shard_count} "
+        f"batch={batch_size} seed={seed} epochs={num_epochs} workers={worker_count}"
     )
-    sampler = grain.samplers.IndexSampler(
-        num_records=len(source),
-        shard_options=shard_options,
-        shuffle=True,
-        num_epochs=num_epochs,
-        seed=seed,
-    )
-    return grain.DataLoader(
-        data_source=source,
-        sampler=sampler,
-        operations=[
-            grain.transforms.Batch(
-                batch_size=batch_size,
-                drop_remainder=True,
-                batch_fn=Collate(tokenizer, image_size),
-            ),
-        ],
-        worker_count=worker_count,
-        shard_options=shard_options,
-        read_options=grain.ReadOptions(
-            num_threads=READ_THREADS, prefetch_buffer_size=READ_PREFETCH
-        ),
+    skipped_at_open = sum(len(getattr(s, "problems", ())) for s, _ in mixture)
+    return TrainLoader(it, pp, fingerprint, skipped_at_open)
+
+
+def train_loader_from_config(
+    config: Any, *, batch_size: int, tokenizer: Tokenizer, shard_index: int, shard_count: int
+) -> TrainLoader:
+    """:func:`make_train_loader` for ``config.data`` (sources, pp_train, strict, worker
+    and thread counts) and ``config.seed``."""
+    data = config.data
+    return make_train_loader(
+        open_train_sources(data, config.seed),
+        batch_size=batch_size,
+        seed=config.seed,
+        tokenizer=tokenizer,
+        image_size=data.image_size,
+        preprocess=data.pp_train,
+        strict=data.strict,
+        shard_index=shard_index,
+        shard_count=shard_count,
+        worker_count=data.worker_count,
+        read_threads=data.read_threads,
     )
 
 
@@ -146,8 +321,9 @@ class EvalBatches:
     """One ordered pass over ``source[:num_examples]`` in batches of ``batch_size``
     (the last one may be smaller); iterable any number of times, each pass identical.
 
-    Attributes: ``num_examples`` (the true number of examples in the pass);
-    ``len()`` is the number of batches.
+    Attributes: ``num_examples`` (examples attempted per pass), ``skipped`` (unreadable
+    examples dropped in the last pass); ``len()`` is the number of batches when none
+    are dropped.
     """
 
     def __init__(
@@ -158,22 +334,42 @@ class EvalBatches:
         tokenizer: Tokenizer,
         image_size: int,
         max_examples: int | None = None,
+        options: DataOptions | dict | None = None,
     ):
         _check_int("batch_size", batch_size, 1)
         if max_examples is not None:
             _check_int("max_examples", max_examples, 1)
+        options = DataOptions.coerce(options)
         self.source = source
         self.batch_size = batch_size
         self.num_examples = len(source) if max_examples is None else min(max_examples, len(source))
-        self._collate = Collate(tokenizer, image_size)
+        self.skipped = 0
+        self._pp = Preprocess(options.pp_eval, image_size)
+        self._read = ReadExample(source, self._pp, strict=options.strict)
+        self._collate = Collate(tokenizer)
 
     def __len__(self) -> int:
         return -(-self.num_examples // self.batch_size)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        for start in range(0, self.num_examples, self.batch_size):
-            stop = min(start + self.batch_size, self.num_examples)
-            yield self._collate([self.source[i] for i in range(start, stop)])
+        ds = grain.MapDataset.range(self.num_examples).random_map(self._read, seed=0)
+        records = iter(
+            _DropSkipped(ds.to_iter_dataset(grain.ReadOptions(READ_THREADS, READ_PREFETCH)))
+        )
+        skipped = 0
+        try:
+            while chunk := list(itertools.islice(records, self.batch_size)):
+                batch = self._collate(chunk)
+                skipped += int(batch.pop("skipped"))
+                batch["image"] = self._pp.normalize(batch["image"])
+                yield batch
+        finally:
+            records.close()
+        self.skipped = skipped + records.trailing_skips
+        if self.skipped:
+            logging.warning(
+                "Eval pass over %r skipped %d unreadable examples", self.source, self.skipped
+            )
 
 
 def make_eval_batches(
@@ -183,14 +379,17 @@ def make_eval_batches(
     tokenizer: Tokenizer,
     image_size: int,
     max_examples: int | None = None,
+    options: DataOptions | dict | None = None,
 ) -> EvalBatches:
     """Deterministic, ordered, finite pass over the first ``max_examples`` (None = all)
-    examples of ``source`` in the batch format; keeps the last partial batch. The
-    result's ``num_examples`` is the true count. Every host runs the full pass."""
+    examples of ``source`` in the batch format, preprocessed with ``options.pp_eval``;
+    keeps the last partial batch and drops unreadable examples (raises on them with
+    ``options.strict``). Every host runs the full pass."""
     return EvalBatches(
         source,
         batch_size=batch_size,
         tokenizer=tokenizer,
         image_size=image_size,
         max_examples=max_examples,
+        options=options,
     )

@@ -6,7 +6,15 @@ no attention mask), so every row is right-padded with ``pad_id`` to exactly
 text fills the row), and full self-attention carries the text to it.
 
 Known specs for :func:`get_tokenizer`:
-  ``bytes``  UTF-8 bytes, id = byte + 1 (0 = pad); no files needed.
+  ``bytes``               UTF-8 bytes, id = byte + 1 (0 = pad); no files needed.
+  ``sentencepiece:PATH``  a SentencePiece ``.model`` file (e.g. SigLIP's / T5's): the
+                          model's ids plus its EOS (kept when truncating, big_vision's
+                          ``eos="sticky"``); padded with the model's pad id, or with EOS
+                          when it has none (SigLIP's convention).
+  ``hf:PATH``             a HuggingFace ``tokenizer.json`` (``tokenizers`` package): its
+                          normaliser, pre-tokeniser, model and post-processor (e.g. CLIP's
+                          BOS/EOS, kept when truncating); padded with its configured pad
+                          id, else the id of its pad token, else 0.
 New kinds subclass :class:`Tokenizer` and register a factory with
 :func:`register_tokenizer`.
 """
@@ -14,6 +22,7 @@ New kinds subclass :class:`Tokenizer` and register a factory with
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -127,7 +136,7 @@ def register_tokenizer(kind: str) -> Callable[[TokenizerFactory], TokenizerFacto
 
 
 def get_tokenizer(spec: str, max_len: int) -> Tokenizer:
-    """The tokenizer named by ``spec`` ("bytes"; later "sentencepiece:PATH", ...)."""
+    """The tokenizer named by ``spec`` ("bytes", "sentencepiece:PATH", "hf:PATH")."""
     if not isinstance(spec, str):
         raise ValueError(f"tokenizer spec: expected a str like 'bytes', got {spec!r}")
     kind, _, arg = spec.partition(":")
@@ -143,3 +152,113 @@ def _bytes(arg: str, max_len: int) -> Tokenizer:
     if arg:
         raise ValueError(f"tokenizer spec 'bytes:{arg}': 'bytes' takes no argument")
     return ByteTokenizer(max_len)
+
+
+def _read_model_file(spec: str, path: str) -> bytes:
+    if not path:
+        raise ValueError(f"tokenizer spec {spec!r}: expected '{spec.split(':')[0]}:PATH'")
+    try:
+        with open(os.path.expanduser(path), "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ValueError(f"tokenizer spec {spec!r}: cannot read {path}: {e}") from None
+
+
+class SentencePieceTokenizer(Tokenizer):
+    """A SentencePiece model; see the module docstring for EOS and padding."""
+
+    def __init__(self, path: str, max_len: int):
+        super().__init__(max_len)
+        self.path = path
+        self._proto = _read_model_file(f"sentencepiece:{path}", path)
+        self._load()
+
+    def _load(self) -> None:
+        import sentencepiece  # local: optional dependency of this tokenizer only
+
+        self._sp = sentencepiece.SentencePieceProcessor()
+        try:
+            self._sp.LoadFromSerializedProto(self._proto)
+        except (RuntimeError, OSError) as e:
+            raise ValueError(f"sentencepiece:{self.path}: not a SentencePiece model: {e}") from None
+        self.eos_id = self._sp.eos_id()
+        pad = self._sp.pad_id() if self._sp.pad_id() >= 0 else self.eos_id
+        if pad < 0:
+            raise ValueError(f"sentencepiece:{self.path}: the model defines neither pad nor EOS")
+        self.pad_id = pad
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_sp"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._load()
+
+    @property
+    def vocab_size(self) -> int:
+        return self._sp.get_piece_size()
+
+    def _ids(self, text: str) -> list[int]:
+        ids = self._sp.encode(text)
+        return ids + [self.eos_id] if self.eos_id >= 0 else ids
+
+    def _truncate(self, ids: list[int]) -> list[int]:
+        if len(ids) <= self.max_len or self.eos_id < 0:
+            return ids[: self.max_len]
+        return ids[: self.max_len - 1] + [self.eos_id]
+
+    def _text(self, ids: list[int]) -> str:
+        return self._sp.decode([i for i in ids if i != self.eos_id])
+
+    def __repr__(self) -> str:
+        return f"SentencePieceTokenizer({self.path!r}, max_len={self.max_len})"
+
+
+_PAD_TOKENS = ("<pad>", "[PAD]", "<|pad|>")
+
+
+class HuggingFaceTokenizer(Tokenizer):
+    """A ``tokenizer.json``; truncation by the ``tokenizers`` library (special tokens of
+    the post-processor survive), padding as in the module docstring."""
+
+    def __init__(self, path: str, max_len: int):
+        super().__init__(max_len)
+        import tokenizers  # local: optional dependency of this tokenizer only
+
+        self.path = path
+        raw = _read_model_file(f"hf:{path}", path)
+        try:
+            self._tok = tokenizers.Tokenizer.from_str(raw.decode("utf-8"))
+        except Exception as e:  # the library raises plain Exception
+            raise ValueError(f"hf:{path}: not a tokenizers tokenizer.json ({e})") from None
+        padding = self._tok.padding
+        if padding is not None:
+            self.pad_id = padding["pad_id"]
+        else:
+            ids = [self._tok.token_to_id(t) for t in _PAD_TOKENS]
+            self.pad_id = next((i for i in ids if i is not None), 0)
+        self._tok.no_padding()
+        self._tok.enable_truncation(max_len)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def _ids(self, text: str) -> list[int]:
+        return self._tok.encode(text).ids
+
+    def _text(self, ids: list[int]) -> str:
+        return self._tok.decode(ids)
+
+    def __repr__(self) -> str:
+        return f"HuggingFaceTokenizer({self.path!r}, max_len={self.max_len})"
+
+
+@register_tokenizer("sentencepiece")
+def _sentencepiece(arg: str, max_len: int) -> Tokenizer:
+    return SentencePieceTokenizer(arg, max_len)
+
+
+@register_tokenizer("hf")
+def _hf(arg: str, max_len: int) -> Tokenizer:
+    return HuggingFaceTokenizer(arg, max_len)

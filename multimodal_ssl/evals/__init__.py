@@ -8,20 +8,31 @@ An evaluator type is a :class:`~multimodal_ssl.evals.common.Evaluator` subclass 
   its data once;
 * ``run(embed_images, embed_texts) -> {"eval/<name>/<metric>": float}``.
 
-Adding a type means one entry in ``EVALUATORS``. The metric functions
-(``zeroshot_metrics``, ``retrieval_metrics``, ``class_embeddings``) are pure and need
+Types: ``zeroshot``, ``retrieval``, ``knn``, ``linear_probe`` (both fit on a labelled
+``train_data`` split), ``geometry``. Adding a type means one entry in ``EVALUATORS``.
+The metric functions (``zeroshot_metrics``, ``retrieval_metrics``, ``knn_metrics``,
+``linear_probe_metrics``, ``geometry_metrics``, ``class_embeddings``) are pure and need
 no model.
 """
 
 from __future__ import annotations
 
 from multimodal_ssl.evals.common import Evaluator
+from multimodal_ssl.evals.geometry import GeometryEvaluator, geometry_metrics
+from multimodal_ssl.evals.knn import KnnEvaluator, knn_metrics
+from multimodal_ssl.evals.linear_probe import LinearProbeEvaluator, linear_probe_metrics
 from multimodal_ssl.evals.retrieval import RetrievalEvaluator, retrieval_metrics
 from multimodal_ssl.evals.zeroshot import ZeroShotEvaluator, class_embeddings, zeroshot_metrics
 
 EVALUATORS: dict[str, type[Evaluator]] = {
-    ZeroShotEvaluator.TYPE: ZeroShotEvaluator,
-    RetrievalEvaluator.TYPE: RetrievalEvaluator,
+    cls.TYPE: cls
+    for cls in (
+        ZeroShotEvaluator,
+        RetrievalEvaluator,
+        KnnEvaluator,
+        LinearProbeEvaluator,
+        GeometryEvaluator,
+    )
 }
 
 
@@ -37,10 +48,16 @@ def get_evaluator(type_name: str) -> type[Evaluator]:
 __all__ = [
     "EVALUATORS",
     "Evaluator",
+    "GeometryEvaluator",
+    "KnnEvaluator",
+    "LinearProbeEvaluator",
     "RetrievalEvaluator",
     "ZeroShotEvaluator",
     "class_embeddings",
+    "geometry_metrics",
     "get_evaluator",
+    "knn_metrics",
+    "linear_probe_metrics",
     "retrieval_metrics",
     "zeroshot_metrics",
 ]

@@ -13,6 +13,7 @@ fraction of queries with ``rank <= k``; with fewer than ``k`` wrong candidates i
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -225,8 +226,11 @@ def open_eval_source(spec: str, *, image_size: int, seed: int, source_kwargs: di
     )
 
 
-def make_batches(source, *, batch_size: int, tokenizer, image_size: int, max_examples: int | None):
-    """One ordered pass over ``source`` as numpy batches (see data.pipeline)."""
+def make_batches(
+    source, *, batch_size: int, tokenizer, image_size: int, max_examples: int | None, options=None
+):
+    """One ordered pass over ``source`` as numpy batches (see data.pipeline); ``options``:
+    the data options (eval preprocessing ``pp_eval``, ``strict``)."""
     from multimodal_ssl.data import pipeline
 
     return pipeline.make_eval_batches(
@@ -235,6 +239,7 @@ def make_batches(source, *, batch_size: int, tokenizer, image_size: int, max_exa
         tokenizer=tokenizer,
         image_size=image_size,
         max_examples=max_examples,
+        options=options,
     )
 
 
@@ -267,8 +272,8 @@ class EvalData:
 def resolve_config(
     name: str, cfg: Mapping[str, Any], defaults: ml_collections.ConfigDict
 ) -> dict[str, Any]:
-    """``defaults`` overridden by ``cfg``; unknown keys, a missing ``data`` or a wrong
-    ``type`` raise ValueError naming ``evals.<name>.<key>``."""
+    """``defaults`` overridden by ``cfg``; unknown keys or a wrong ``type`` raise
+    ValueError naming ``evals.<name>.<key>`` (values: ``Evaluator.check_config``)."""
     valid = sorted(defaults.keys())
     for key in cfg.keys():
         if key not in defaults:
@@ -276,18 +281,23 @@ def resolve_config(
     out = {**defaults.to_dict(), **{k: cfg[k] for k in cfg.keys()}}
     if out["type"] != defaults.type:
         raise ValueError(f"evals.{name}.type: expected {defaults.type!r}, got {out['type']!r}")
-    if not isinstance(out["data"], str) or not out["data"]:
-        raise ValueError(
-            f"evals.{name}.data: required source spec (e.g. 'generated:shapes:test'), "
-            f"got {out['data']!r}; valid keys are {valid}"
-        )
-    for key, allow_none in (("every_steps", False), ("batch_size", False), ("max_examples", True)):
-        value = out[key]
-        if value is None and allow_none:
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"evals.{name}.{key}: must be an int >= 1, got {value!r}")
     return out
+
+
+def check_int(key: str, value: Any, *, low: int = 1, allow_none: bool = False) -> None:
+    """ValueError naming ``key`` unless ``value`` is an int >= low (or None if allowed)."""
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{key}: must be an int >= {low}, got {value!r}")
+
+
+def check_source_spec(key: str, value: Any) -> None:
+    """ValueError naming ``key`` unless ``value`` is a non-empty source spec string."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(
+            f"{key}: required source spec (e.g. 'generated:shapes:test'), got {value!r}"
+        )
 
 
 class Evaluator(abc.ABC):
@@ -311,20 +321,52 @@ class Evaluator(abc.ABC):
         source_kwargs: dict | None = None,
     ):
         self.name = name
-        self.config = resolve_config(name, cfg, self.default_config())
+        self.config = self.resolve(name, cfg)
         self.every_steps: int = self.config["every_steps"]
         self.batch_size: int = self.config["batch_size"]
         self.tokenizer = tokenizer
-        source = open_eval_source(
-            self.config["data"], image_size=image_size, seed=seed, source_kwargs=source_kwargs
-        )
-        self.data = EvalData(
+        self.seed = seed
+        if self.config["label_key"] is not None:  # the eval's label column/feature
+            from multimodal_ssl.data.sources import DataOptions
+
+            source_kwargs = dataclasses.replace(
+                DataOptions.coerce(source_kwargs), label_key=self.config["label_key"]
+            )
+        self._source_args = {"image_size": image_size, "seed": seed, "source_kwargs": source_kwargs}
+        self.data = self.open_data(self.config["data"], self.config["max_examples"])
+
+    def open_data(self, spec: str, max_examples: int | None) -> EvalData:
+        """An ordered pass over the first ``max_examples`` (None = all) of source ``spec``
+        in batches of ``batch_size``, with this evaluator's tokenizer and image size."""
+        source = open_eval_source(spec, **self._source_args)
+        return EvalData(
             source,
             batch_size=self.batch_size,
-            tokenizer=tokenizer,
-            image_size=image_size,
-            max_examples=self.config["max_examples"],
+            tokenizer=self.tokenizer,
+            image_size=self._source_args["image_size"],
+            max_examples=max_examples,
+            options=self._source_args["source_kwargs"],
         )
+
+    @classmethod
+    def resolve(cls, name: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
+        """``evals.<name>`` with defaults filled in, checked by :func:`resolve_config` and
+        :meth:`check_config`; the config validator calls this before anything is built."""
+        out = resolve_config(name, cfg, cls.default_config())
+        cls.check_config(name, out)
+        return out
+
+    @classmethod
+    def check_config(cls, name: str, cfg: dict[str, Any]) -> None:
+        """Value checks of the resolved ``cfg``; ValueError names ``evals.<name>.<key>``.
+        Subclasses with keys of their own extend this (calling ``super()``)."""
+        check_source_spec(f"evals.{name}.data", cfg["data"])
+        for key, allow_none in (
+            ("every_steps", False),
+            ("batch_size", False),
+            ("max_examples", True),
+        ):
+            check_int(f"evals.{name}.{key}", cfg[key], allow_none=allow_none)
 
     @classmethod
     def default_config(cls) -> ml_collections.ConfigDict:
@@ -336,6 +378,9 @@ class Evaluator(abc.ABC):
                 "every_steps": 1000,
                 "max_examples": ml_collections.config_dict.placeholder(int),  # None = all
                 "batch_size": 256,
+                # Label column (csv) / feature (tfds) / member or json key (wds) of the
+                # data; None = "label" where present.
+                "label_key": ml_collections.config_dict.placeholder(str),
             }
         )
 

@@ -152,6 +152,12 @@ class ZeroShotEvaluator(common.Evaluator):
         cfg.templates = None  # None = the source's; or a list of strings with one "{}"
         return cfg
 
+    @classmethod
+    def check_config(cls, name: str, cfg: dict[str, Any]) -> None:
+        super().check_config(name, cfg)
+        if cfg["templates"] is not None:
+            _check_templates(f"evals.{name}.templates", cfg["templates"])
+
     def run(self, embed_images: common.EmbedFn, embed_texts: common.EmbedFn) -> dict[str, float]:
         class_emb = class_embeddings(
             embed_texts, self.tokenizer, self.classnames, self.templates, self.batch_size

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -41,6 +42,13 @@ VARIANTS: dict[str, tuple[int, int, int, int]] = {
 }
 SIZE_KEYS = ("width", "depth", "mlp_dim", "num_heads")
 COMPUTE_DTYPES = ("float32", "bfloat16")
+# Encoder.remat: what each block keeps for the backward pass (the rest is recomputed).
+REMAT_POLICIES: dict[str, Any] = {
+    "none": None,  # no remat: keep every activation
+    "full": jax.checkpoint_policies.nothing_saveable,  # keep only the block inputs
+    "dots": jax.checkpoint_policies.dots_saveable,  # keep matmul outputs
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 def _lookup_variant(name: str) -> tuple[int, int, int, int]:
@@ -196,10 +204,33 @@ class EncoderBlock(nn.Module):
         return x + nn.Dropout(rate=self.dropout)(y, deterministic=not train)
 
 
+class _CarryBlock(EncoderBlock):
+    """EncoderBlock with a positional ``train`` (static under remat) returning the
+    ``(carry, output)`` pair that ``nn.scan`` needs."""
+
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> tuple[jnp.ndarray, None]:
+        return super().__call__(x, train=train), None
+
+
+def _block_class(remat: str, scan: bool) -> type[nn.Module]:
+    """The block class, wrapped in ``nn.remat`` with the named policy unless "none"."""
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"Encoder.remat: {remat!r} is not one of {list(REMAT_POLICIES)}")
+    policy = REMAT_POLICIES[remat]
+    if policy is None:
+        return _CarryBlock
+    # prevent_cse is only needed outside scan (jax.checkpoint docs).
+    return nn.remat(_CarryBlock, policy=policy, static_argnums=(2,), prevent_cse=not scan)
+
+
 class Encoder(nn.Module):
     """``depth`` blocks ``encoderblock_{i}`` then LayerNorm ``encoder_norm``.
 
-    x: [b, l, d] -> [b, l, d] in ``dtype``.
+    x: [b, l, d] -> [b, l, d] in ``dtype``. ``scan=True``: one ``nn.scan`` over the
+    blocks, params stacked ``[depth, ...]`` under ``encoderblock`` (convert with
+    ``models.layout.scan_layers``/``unscan_layers``); compiles once per block instead
+    of ``depth`` times. ``remat``: recompute each block's activations in the backward
+    pass, saving only what the policy names (:data:`REMAT_POLICIES`).
     """
 
     depth: int
@@ -208,18 +239,24 @@ class Encoder(nn.Module):
     gelu_approximate: bool = True
     dropout: float = 0.0
     dtype: Any = jnp.float32
+    scan: bool = False
+    remat: str = "none"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
-        for i in range(self.depth):
-            x = EncoderBlock(
-                self.mlp_dim,
-                self.num_heads,
-                self.gelu_approximate,
-                self.dropout,
-                self.dtype,
-                name=f"encoderblock_{i}",
-            )(x, train=train)
+        block = _block_class(self.remat, self.scan)
+        args = (self.mlp_dim, self.num_heads, self.gelu_approximate, self.dropout, self.dtype)
+        if self.scan:
+            x, _ = nn.scan(
+                block,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=nn.broadcast,
+                length=self.depth,
+            )(*args, name="encoderblock")(x, train)
+        else:
+            for i in range(self.depth):
+                x, _ = block(*args, name=f"encoderblock_{i}")(x, train)
         return layer_norm(self.dtype, "encoder_norm")(x)
 
 

@@ -27,6 +27,7 @@ class TextTransformer(nn.Module):
     (position -1, SigLIP), ``"first"``, ``"mean"`` or ``"map"``. ``num_classes=None``:
     no ``head``. ``dtype``: compute dtype; params are float32.
     ``dropout > 0`` applies only with ``train=True``, which then needs a "dropout" rng.
+    ``scan``/``remat``: of the :class:`Encoder` (scanned layers, rematerialisation policy).
     """
 
     variant: str | None = None
@@ -41,6 +42,8 @@ class TextTransformer(nn.Module):
     gelu_approximate: bool = True
     dropout: float = 0.0
     dtype: Any = "float32"
+    scan: bool = False
+    remat: str = "none"
 
     def sizes(self) -> dict[str, Any]:
         """Resolved ``width, depth, mlp_dim, num_heads``."""
@@ -89,6 +92,8 @@ class TextTransformer(nn.Module):
             self.gelu_approximate,
             self.dropout,
             dtype,
+            scan=self.scan,
+            remat=self.remat,
             name="Encoder_0",
         )(x, train=train)
 

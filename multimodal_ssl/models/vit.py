@@ -36,6 +36,7 @@ class ViT(nn.Module):
     ``"tok"`` (a prepended learned class token). ``num_classes=None``: no ``head``.
     ``dtype``: compute dtype ("float32" | "bfloat16"); params are float32.
     ``dropout > 0`` applies only with ``train=True``, which then needs a "dropout" rng.
+    ``scan``/``remat``: of the :class:`Encoder` (scanned layers, rematerialisation policy).
     """
 
     variant: str | None = None
@@ -50,6 +51,8 @@ class ViT(nn.Module):
     gelu_approximate: bool = True
     dropout: float = 0.0
     dtype: Any = "float32"
+    scan: bool = False
+    remat: str = "none"
 
     def sizes(self) -> dict[str, Any]:
         """Resolved ``width, depth, mlp_dim, num_heads`` and ``patch_size`` (a pair)."""
@@ -114,6 +117,8 @@ class ViT(nn.Module):
             self.gelu_approximate,
             self.dropout,
             dtype,
+            scan=self.scan,
+            remat=self.remat,
             name="Transformer",
         )(x, train=train)
 

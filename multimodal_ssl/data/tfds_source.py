@@ -1,0 +1,137 @@
+"""``tfds:NAME[:VERSION][:SPLIT]`` — a prepared TFDS dataset, read with random access
+through ``tfds`` array_record data sources (no TensorFlow needed).
+
+NAME may carry a config (``coco_captions/2017``); SPLIT accepts TFDS slicing
+(``train[:90%]``). The dataset must be prepared in the array_record format in
+``data.tfds_dir`` (default: TFDS's own, ``~/tensorflow_datasets``), e.g.
+``tfds build NAME --file_format=array_record --data_dir=DIR``; nothing is downloaded.
+
+Features: the image (``data.tfds_image_key``, default ``image``) is an ``Image``
+feature (encoded bytes, decoded by the pipeline) or a uint8 ``Tensor`` [H, W, C]; the
+caption (``data.tfds_caption_key``, default ``caption``) a ``Text`` feature; the label
+(the eval's ``label_key``, by default ``label`` when present) an int, whose
+``ClassLabel`` names become the source's ``classnames``. Nested features are named
+with ``/`` (``captions/text``); of a sequence the first element is used. A dataset
+without the caption feature can be evaluated (zero-shot) but not trained on
+(``has_captions`` is False).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+
+from multimodal_ssl.data.records import BadRecord
+
+_VERSION = re.compile(r"\d+\.\d+\.\d+")
+
+
+def parse_tfds_spec(rest: str, default_split: str) -> tuple[str, str]:
+    """``NAME[:VERSION][:SPLIT]`` -> (name with version, split); colons inside the
+    brackets of a sliced split do not separate."""
+    parts = re.split(r":(?![^\[]*\])", rest)
+    name = parts.pop(0)
+    if parts and _VERSION.fullmatch(parts[0]):
+        name = f"{name}:{parts.pop(0)}"
+    if not name or len(parts) > 1:
+        raise ValueError(f"tfds:{rest}: expected 'tfds:NAME[:VERSION][:SPLIT]'")
+    return name, (parts[0] if parts else default_split)
+
+
+def _get(record: dict[str, Any], key: str) -> Any:
+    value: Any = record
+    for part in key.split("/"):
+        value = value[part]
+    if isinstance(value, list | tuple) or (isinstance(value, np.ndarray) and value.dtype == object):
+        value = value[0] if len(value) else None
+    return value
+
+
+class TfdsSource:
+    """``source[i]`` -> {"image": bytes or uint8 array, "caption": bytes (b"" without a
+    caption feature), "label": int (-1 without one), "id": i, "where": ...}."""
+
+    templates = None
+
+    def __init__(
+        self,
+        name: str,
+        split: str,
+        *,
+        data_dir: str | None,
+        image_key: str,
+        caption_key: str,
+        label_key: str | None,
+    ):
+        import tensorflow_datasets as tfds  # local: heavy import, only for tfds: specs
+
+        self.name, self.split = name, split
+        try:
+            builder = tfds.builder(name, data_dir=data_dir)
+        except tfds.core.registered.DatasetNotFoundError:
+            raise ValueError(
+                f"tfds:{name}: no such dataset in data dir {data_dir or '(TFDS default)'} "
+                f"(config data.tfds_dir) nor in the TFDS catalogue"
+            ) from None
+        if not builder.is_prepared():
+            raise ValueError(
+                f"tfds:{name}: not prepared in {builder.data_dir} (config data.tfds_dir); "
+                f"prepare it with `tfds build {name} --file_format=array_record`; "
+                f"nothing is downloaded at training time"
+            )
+        if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
+            raise ValueError(
+                f"tfds:{name}: prepared as {builder.info.file_format.value} in "
+                f"{builder.data_dir}; random access needs --file_format=array_record"
+            )
+        features = builder.info.features
+
+        def feature(key: str, what: str) -> Any:
+            try:
+                return _get(features, key)
+            except (KeyError, TypeError):
+                raise ValueError(
+                    f"tfds:{name}: no feature {key!r} ({what}); features: {sorted(features)}"
+                ) from None
+
+        image = feature(image_key, "config data.tfds_image_key")
+        self.image_key, self.caption_key = image_key, caption_key
+        self.has_captions = caption_key.split("/")[0] in features
+        if label_key is None and "label" in features:
+            label_key = "label"
+        label = feature(label_key, "the eval's label_key") if label_key else None
+        self.label_key = label_key
+        self.classnames = list(label.names) if isinstance(label, tfds.features.ClassLabel) else None
+        decoders = (
+            {image_key: tfds.decode.SkipDecoding()}
+            if isinstance(image, tfds.features.Image)
+            else None
+        )
+        try:
+            self._data = builder.as_data_source(split=split, decoders=decoders)
+        except ValueError as e:
+            raise ValueError(f"tfds:{name}:{split}: {e}") from None
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        index = int(index)
+        where = f"tfds:{self.name}:{self.split} example {index}"
+        try:
+            record = self._data[index]
+        except (ValueError, OSError, KeyError) as e:
+            raise BadRecord(where, f"cannot read or parse the example ({e})") from None
+        label = _get(record, self.label_key) if self.label_key else -1
+        return {
+            "image": _get(record, self.image_key),
+            "caption": _get(record, self.caption_key) if self.has_captions else b"",
+            "label": int(label),
+            "id": index,
+            "where": where,
+        }
+
+    def __repr__(self) -> str:
+        return f"TfdsSource({self.name!r}, split={self.split!r}, examples={len(self)})"

@@ -1,0 +1,141 @@
+"""LiT (configs/lit.py): the image tower is imported and frozen (bit-identical after
+training, no gradient computed for it: checked in the jaxpr), the text tower trains."""
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from multimodal_ssl import pretrained
+from multimodal_ssl.config import validate
+from multimodal_ssl.convert import save_npz
+from multimodal_ssl.data.tokenizers import get_tokenizer
+from multimodal_ssl.models import TwoTower
+from multimodal_ssl.optim import make_optimizer
+from multimodal_ssl.recipes import load_recipe
+from multimodal_ssl.sharding import make_mesh, to_global
+from multimodal_ssl.train import train
+from multimodal_ssl.train_state import build_model, init_state, make_train_step
+
+ROOT = Path(__file__).resolve().parents[1]
+TOWER = {"width": 32, "depth": 1, "mlp_dim": 64, "num_heads": 2, "pool": "map"}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A SigLIP-like two-tower npz at the tiny recipe's sizes (16 px images, 16 tokens)."""
+    model = TwoTower(
+        image={**TOWER, "patch_size": 8, "num_classes": None},
+        text={**TOWER, "vocab_size": 257, "max_len": 16},
+        embed_dim=32,
+    )
+    shapes = jax.eval_shape(
+        model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)), jnp.zeros((1, 16), jnp.int32)
+    )["params"]
+    rng = np.random.default_rng(7)  # random weights without compiling an init
+    params = jax.tree.map(lambda s: rng.normal(0, 0.2, s.shape).astype(np.float32), shapes)
+    path = tmp_path_factory.mktemp("lit") / "siglip.npz"
+    save_npz(params, str(path))
+    return str(path), jax.tree.map(np.asarray, params)
+
+
+def lit_config(path, **optim):
+    config = load_recipe(str(ROOT / "configs" / "lit.py"), "tiny")
+    config.model.init_from = path
+    config.evals = {}
+    config.optim.update(optim)
+    validate(config)
+    return config
+
+
+def abstract_step(config):
+    """(abstract train state, jitted step) of ``config``; nothing is compiled."""
+    mesh = make_mesh(config.mesh, jax.devices()[:2])
+    vocab = get_tokenizer(config.data.tokenizer, config.data.max_text_len).vocab_size
+    config, imported = pretrained.init_from_config(config, vocab)
+    model = build_model(config, vocab)
+    tx, schedule = make_optimizer(config.optim, config.total_steps)
+    abstract = jax.eval_shape(lambda: init_state(model, tx, config, mesh, imported))
+    return abstract, make_train_step(model, tx, schedule, config, mesh, abstract), mesh
+
+
+def batch(config, mesh):
+    rng = np.random.default_rng(0)
+    n, s, length = config.batch_size, config.data.image_size, config.data.max_text_len
+    return to_global(
+        {
+            "image": rng.uniform(-1, 1, (n, s, s, 3)).astype(np.float32),
+            "text": rng.integers(1, 257, (n, length)).astype(np.int32),
+        },
+        mesh,
+    )
+
+
+def equal_trees(a, b):
+    return jax.tree.all(jax.tree.map(lambda x, y: np.array_equal(x, y), a, b))
+
+
+@pytest.mark.filterwarnings("ignore:Sharding info not provided")
+def test_lit_trains_text_with_the_imported_image_tower_bit_identical(checkpoint, tmp_path):
+    path, ckpt_params = checkpoint
+    config = lit_config(path)
+    config.total_steps, config.checkpoint.every_steps = 2, 1
+    final = train(config, str(tmp_path), devices=jax.devices()[:1])
+    assert np.isfinite(final["train/loss"])
+    restore = ocp.PyTreeCheckpointer().restore
+    saved = [restore(str(tmp_path / "checkpoints" / f"{s}" / "state")) for s in (1, 2)]
+    for state in saved:
+        assert equal_trees(state["params"]["img"], ckpt_params["img"])
+    p1, p2 = (s["params"] for s in saved)
+    assert not np.array_equal(p1["txt"]["head"]["kernel"], p2["txt"]["head"]["kernel"])
+    assert p1["t"] != p2["t"]
+    # No optimizer state for the frozen tower: adam's mu and nu cover the rest only.
+    opt_size = sum(np.size(x) for x in jax.tree.leaves(saved[1]["opt_state"]))
+    trainable = sum(np.size(x) for k, v in p2.items() if k != "img" for x in jax.tree.leaves(v))
+    assert 2 * trainable <= opt_size < 2 * trainable + 10
+
+
+def test_no_gradient_is_computed_for_the_frozen_tower(checkpoint):
+    """The image tower has one conv (the patch embedding); its backward would add a
+    second one (the kernel gradient), as it does when nothing is frozen."""
+    counts = {}
+    for freeze in (r"^img/", None):
+        config = lit_config(checkpoint[0], freeze=freeze)
+        abstract, step, mesh = abstract_step(config)
+        counts[freeze] = str(step.trace(abstract, batch(config, mesh)).jaxpr).count(
+            "conv_general_dilated["
+        )
+    assert counts == {r"^img/": 1, None: 2}
+
+
+def test_optimizer_masks_frozen_params():
+    """Even when handed gradients for them, frozen params get zero updates and no state."""
+    cfg = load_recipe(str(ROOT / "configs" / "lit.py"), "tiny").optim
+    params = {"img": {"w": np.ones((3, 4), np.float32)}, "txt": {"w": np.ones(5, np.float32)}}
+    tx, _ = make_optimizer(cfg, total_steps=10)
+    state = tx.init(params)
+    assert {np.shape(x) for x in jax.tree.leaves(state)} <= {(), (5,)}
+    for _ in range(cfg.warmup_steps + 1):
+        updates, state = tx.update(jax.tree.map(np.ones_like, params), state, params)
+    assert not np.any(updates["img"]["w"]) and np.all(updates["txt"]["w"] != 0)
+
+
+def test_bad_settings_name_the_config_key(checkpoint):
+    path, _ = checkpoint
+    with pytest.raises(ValueError, match="config.optim.freeze: '\\^nothing/' matches no"):
+        abstract_step(lit_config(path, freeze="^nothing/"))
+    config = lit_config(path)
+    config.data.image_size = 32
+    with pytest.raises(ValueError, match="config.data.image_size: 32.*16x16"):
+        abstract_step(config)
+    config = lit_config(path)
+    config.model.init_towers = "img,txt"
+    config.data.max_text_len = 12
+    with pytest.raises(ValueError, match="config.data.max_text_len: 12.*set it to 16"):
+        abstract_step(config)
+    config.model.init_towers = ""
+    with pytest.raises(ValueError, match="config.model.init_towers"):
+        validate(config)

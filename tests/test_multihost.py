@@ -1,0 +1,144 @@
+"""Two CPU processes joined by ``jax.distributed.initialize`` on localhost train like one
+process fed the same global batches, and checkpoint cooperatively."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from multimodal_ssl import distributed
+from multimodal_ssl.checkpointing import abstract_like
+from multimodal_ssl.data.pipeline import train_loader_from_config
+from multimodal_ssl.data.tokenizers import get_tokenizer
+from multimodal_ssl.metrics import read_metrics
+from multimodal_ssl.optim import make_optimizer
+from multimodal_ssl.recipes import load_recipe
+from multimodal_ssl.sharding import make_mesh, to_global
+from multimodal_ssl.train_state import build_model, init_state, make_train_step
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROCESSES, STEPS = 2, 2
+
+WORKER = """
+import sys
+from multimodal_ssl import distributed
+distributed.initialize(sys.argv[1], {n}, int(sys.argv[2]))
+from multimodal_ssl.train import train
+from tests.test_multihost import config
+train(config(), sys.argv[3])
+"""
+
+
+def config():
+    """Tiny recipe; FSDP over the 2 processes' devices, so params are split across hosts."""
+    c = load_recipe(os.path.join(ROOT, "configs", "siglip.py"), "tiny")
+    c.total_steps = STEPS
+    c.checkpoint.every_steps = STEPS
+    c.mesh.update({"data": 1, "fsdp": PROCESSES, "model": 1})
+    c.sharding.fsdp_min_size = 0
+    c.model.image.pool, c.model.text.pool = "gap", "mean"
+    c.evals = {}
+    return c
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_processes(workdir):
+    address = f"127.0.0.1:{_free_port()}"
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER.format(n=PROCESSES), address, str(i), str(workdir)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(PROCESSES)
+    ]
+    try:
+        outputs = [p.communicate(timeout=400)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, out in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, out[-4000:]
+
+
+def _reference(c):
+    """One process, the same mesh shape on 2 local devices, fed the concatenation of the
+    two processes' data shards: the global batches the 2-process run sees."""
+    mesh = make_mesh(c.mesh, jax.devices()[:PROCESSES])
+    tokenizer = get_tokenizer(c.data.tokenizer, c.data.max_text_len)
+    local = c.batch_size // PROCESSES
+    shards = [
+        iter(
+            train_loader_from_config(
+                c, batch_size=local, tokenizer=tokenizer, shard_index=i, shard_count=PROCESSES
+            )
+        )
+        for i in range(PROCESSES)
+    ]
+    model = build_model(c, tokenizer.vocab_size)
+    tx, schedule = make_optimizer(c.optim, c.total_steps)
+    state = init_state(model, tx, c, mesh)
+    step = make_train_step(model, tx, schedule, c, mesh, abstract_like(state))
+    losses = []
+    for _ in range(STEPS):
+        parts = [next(s) for s in shards]
+        batch = {k: np.concatenate([p[k] for p in parts]) for k in ("image", "text")}
+        state, metrics = step(state, to_global(batch, mesh))
+        losses.append(float(metrics["train/loss"]))
+    return np.array(losses), state
+
+
+def test_two_processes_train_and_checkpoint_like_one(tmp_path):
+    workdir = tmp_path / "run"
+    _run_processes(workdir)
+    ref_losses, ref_state = _reference(config())
+
+    with open(workdir / "metrics.jsonl") as f:
+        steps = [int(line.split('"step": ')[1].split(",")[0]) for line in f]
+    assert steps == list(range(1, STEPS + 1))  # written once (by process 0 only)
+    metrics = read_metrics(str(workdir))
+    losses = np.array([metrics[s]["train/loss"] for s in range(1, STEPS + 1)])
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+
+    ckpt = workdir / "checkpoints" / str(STEPS)
+    data_states = sorted(os.listdir(ckpt / "data"))
+    assert [f for f in data_states if f.endswith(".json")] == [
+        f"process_{i}-of-{PROCESSES}.json" for i in range(PROCESSES)
+    ]
+    with ocp.CheckpointManager(workdir / "checkpoints", item_names=("state", "data")) as manager:
+        restored = manager.restore(
+            STEPS, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_like(ref_state)))
+        )["state"]
+    assert int(restored.step) == STEPS
+    for got, want in zip(
+        jax.tree.leaves(restored.params), jax.tree.leaves(ref_state.params), strict=True
+    ):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-7)
+
+
+def test_initialize_needs_all_three_or_auto(monkeypatch):
+    for var in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        monkeypatch.delenv(var, raising=False)
+    assert distributed.initialize() is False  # single process: nothing to join
+    with pytest.raises(ValueError, match=r"\['num_processes', 'process_id'\] missing"):
+        distributed.initialize("127.0.0.1:1234")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "two")
+    with pytest.raises(ValueError, match="JAX_NUM_PROCESSES='two' is not an integer"):
+        distributed.initialize("127.0.0.1:1234", process_id=0)

@@ -1,0 +1,124 @@
+"""Scanned layers and rematerialisation: the same function and gradient as the plain
+per-layer model, checkpoint conversion between the two layouts, bf16 compute keeps f32
+params and an f32 loss."""
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from multimodal_ssl import losses
+from multimodal_ssl.models import TwoTower
+from multimodal_ssl.models.common import Encoder
+from multimodal_ssl.models.layout import scan_layers, unscan_layers
+
+KEY = jax.random.key(0)
+SIZES = {"width": 16, "depth": 3, "mlp_dim": 32, "num_heads": 2}
+
+
+def _model(scan=False, remat="none", dtype="float32"):
+    tower = {**SIZES, "scan": scan, "remat": remat}
+    return TwoTower(
+        image={**tower, "variant": "mu/4", "pool": "map"},
+        text={**tower, "vocab_size": 40, "max_len": 6, "pool": "last"},
+        embed_dim=8,
+        dtype=dtype,
+    )
+
+
+def _inputs():
+    rng = np.random.default_rng(0)
+    image = jnp.asarray(rng.normal(size=(4, 8, 8, 3)), jnp.float32)
+    text = jnp.asarray(rng.integers(0, 40, (4, 6)), jnp.int32)
+    return image, text
+
+
+def _params():
+    """Random N(0, 0.3^2) params of the per-layer model (no init compile)."""
+    image, text = _inputs()
+    shapes = jax.eval_shape(_model().init, KEY, image=image, text=text)["params"]
+    rng = np.random.default_rng(1)
+    return jax.tree.map(lambda s: jnp.asarray(0.3 * rng.normal(size=s.shape), s.dtype), shapes)
+
+
+def test_layout_conversion_round_trip_and_matches_scanned_init():
+    params = _params()
+    scanned = scan_layers(params)
+    block = scanned["img"]["Transformer"]["encoderblock"]
+    assert "encoderblock_0" not in scanned["img"]["Transformer"]
+    assert block["MlpBlock_0"]["Dense_0"]["kernel"].shape == (3, 16, 32)
+    np.testing.assert_array_equal(
+        block["MlpBlock_0"]["Dense_0"]["kernel"][2],
+        params["img"]["Transformer"]["encoderblock_2"]["MlpBlock_0"]["Dense_0"]["kernel"],
+    )
+    image, text = _inputs()
+    init = jax.eval_shape(_model(scan=True).init, KEY, image=image, text=text)["params"]
+    assert jax.tree.structure(init) == jax.tree.structure(scanned)
+    assert jax.tree.map(lambda a: a.shape, init) == jax.tree.map(lambda a: a.shape, scanned)
+    back = unscan_layers(scanned)
+    assert jax.tree.structure(back) == jax.tree.structure(params)
+    jax.tree.map(np.testing.assert_array_equal, back, params)
+    with pytest.raises(ValueError, match=r"encoder blocks \[0, 2\] are not 0..1"):
+        scan_layers({"encoderblock_0": {"w": np.zeros(1)}, "encoderblock_2": {"w": np.zeros(1)}})
+
+
+ENCODER = {"depth": 2, "mlp_dim": 32, "num_heads": 2}
+VARIANTS = [(True, "none"), (False, "full"), (True, "dots_no_batch")]  # (scan, remat)
+
+
+def test_scan_and_remat_give_the_same_loss_and_gradient():
+    """The per-layer Encoder vs scanned / rematerialised ones, all in one jit (one compile)."""
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 5, 16)), jnp.float32)
+    shapes = jax.eval_shape(Encoder(**ENCODER).init, KEY, x)["params"]
+    rng = np.random.default_rng(3)
+    params = jax.tree.map(lambda s: jnp.asarray(0.3 * rng.normal(size=s.shape), s.dtype), shapes)
+
+    def loss(encoder, p):
+        return jnp.sum(jnp.sin(encoder.apply({"params": p}, x)))
+
+    def all_variants(params):
+        ref = jax.value_and_grad(partial(loss, Encoder(**ENCODER)))(params)
+        outs = []
+        for scan, remat in VARIANTS:
+            converted = scan_layers(params) if scan else params
+            value, grads = jax.value_and_grad(
+                partial(loss, Encoder(**ENCODER, scan=scan, remat=remat))
+            )(converted)
+            outs.append((value, unscan_layers(grads) if scan else grads))
+        return ref, outs
+
+    (ref_loss, ref_grads), outs = jax.jit(all_variants)(params)
+    for (scan, remat), (value, grads) in zip(VARIANTS, outs, strict=True):
+        np.testing.assert_allclose(value, ref_loss, rtol=1e-6, err_msg=f"{scan} {remat}")
+        jax.tree.map(partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6), grads, ref_grads)
+        encoder = Encoder(**ENCODER, scan=scan, remat=remat)
+        converted = scan_layers(params) if scan else params
+        jaxpr = str(jax.make_jaxpr(jax.grad(partial(loss, encoder)))(converted))
+        assert ("scan[" in jaxpr) == scan  # the blocks really are one lax.scan
+        assert ("remat" in jaxpr) == (remat != "none")  # and really rematerialised
+
+
+def test_unknown_remat_policy_is_rejected():
+    image, text = _inputs()
+    with pytest.raises(ValueError, match="Encoder.remat: 'everything' is not one of"):
+        jax.eval_shape(_model(remat="everything").init, KEY, image=image, text=text)
+
+
+def test_bf16_compute_keeps_f32_params_grads_and_loss():
+    """Abstract evaluation (dtypes only, no compile); values: tests/test_models.py."""
+    image, text = _inputs()
+    model = _model(dtype="bfloat16")
+    params = jax.eval_shape(model.init, KEY, image=image, text=text)["params"]
+
+    def loss(p):
+        zimg, ztxt, out = model.apply({"params": p}, image=image, text=text)
+        assert zimg.dtype == ztxt.dtype == jnp.float32  # logits are formed in f32
+        return losses.softmax_loss(zimg, ztxt, out["t"])
+
+    value, grads = jax.eval_shape(jax.value_and_grad(loss), params)
+    assert value.dtype == jnp.float32
+    assert {g.dtype for g in jax.tree.leaves(grads)} == {jnp.dtype(jnp.float32)}
+    jaxpr = str(jax.make_jaxpr(loss)(params))
+    assert "bf16" in jaxpr  # the towers' matmuls do run in bfloat16
