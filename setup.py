@@ -34,6 +34,11 @@ EXTRAS_REQUIRE = {
         # Reference implementations for the converter tests (CPU wheel of torch).
         "torch==2.13.0",
         "transformers==5.23.0",
+        # Reference for the linear-probe test; notebook execution (tests/test_colabs.py).
+        "scikit-learn==1.9.1",
+        "nbclient==0.11.0",
+        "nbformat==5.11.1",
+        "ipykernel==7.4.0",
     ],
 }
 

@@ -5,13 +5,15 @@
 
 The default trains on the built-in ``generated:shapes`` data in a few CPU minutes and
 evaluates zero-shot (shape+colour classes) and retrieval on held-out scenes.
-Variants: ``tiny`` (seconds; used by the tests).
+Variants: ``tiny`` (seconds; used by the tests); ``probes`` (adds k-NN and linear-probe
+evals, e.g. ``python -m multimodal_ssl.evaluate --config=configs/siglip.py:probes
+--checkpoint=/tmp/siglip`` on the default run's checkpoint).
 """
 
 import ml_collections
 
 from multimodal_ssl.config import base_config
-from multimodal_ssl.recipes import apply_tiny, shapes_evals
+from multimodal_ssl.recipes import apply_tiny, shapes_evals, shapes_probe_evals
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -55,9 +57,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint.every_steps = 200
     config.checkpoint.keep = 2
     config.evals = shapes_evals(every_steps=200)
+    # Embedding-space geometry at the end (a few seconds); k-NN / linear probe: ":probes".
+    config.evals.geometry = shapes_probe_evals(every_steps=config.total_steps).geometry
 
     if arg == "tiny":
         apply_tiny(config)
+    elif arg == "probes":  # + k-NN and linear probe at the end (~40 s more on 2 CPU cores)
+        config.evals.update(shapes_probe_evals(every_steps=config.total_steps))
     elif arg:
-        raise ValueError(f"configs/siglip.py: unknown variant {arg!r}; known: 'tiny'")
+        raise ValueError(f"configs/siglip.py: unknown variant {arg!r}; known: 'tiny', 'probes'")
     return config

@@ -94,11 +94,9 @@ def export_embeddings(
         raise ValueError(f"--modalities: {list(modalities)}; choose from {sorted(MODALITIES)}")
     common.check_int("--max_examples", max_examples, allow_none=True)
     common.check_int("--batch_size", batch_size)
+    options = DataOptions.from_config(config.data)  # as the evals read: pp_eval, strict
     source = common.open_eval_source(
-        spec,
-        image_size=config.data.image_size,
-        seed=config.seed,
-        source_kwargs=DataOptions.from_config(config.data),
+        spec, image_size=config.data.image_size, seed=config.seed, source_kwargs=options
     )
     batches = common.make_batches(
         source,
@@ -106,6 +104,7 @@ def export_embeddings(
         tokenizer=encoder.tokenizer,
         image_size=config.data.image_size,
         max_examples=max_examples,
+        options=options,
     )
     capacity = len(source) if max_examples is None else min(max_examples, len(source))
     writing = jax.process_index() == 0  # every process embeds (one global computation)

@@ -148,8 +148,9 @@ def load_pretrained(
 ) -> Encoder:
     """An :class:`Encoder` of imported weights (``pretrained.load(path)``) on the mesh of
     ``config.mesh`` over ``devices`` (default: all); texts are tokenised with the
-    checkpoint's tokenizer, else with ``config.data.tokenizer``. ValueError naming
-    ``config.data.image_size`` if the evals' images would not fit the model."""
+    checkpoint's tokenizer, else with ``config.data.tokenizer`` (padded to the text
+    tower's ``max_text_len``). ValueError naming ``config.data.image_size`` if the evals'
+    images would not fit the model."""
     enc = pretrained.load(path, mesh=make_mesh(config.mesh, devices))
     if enc.image_size is not None and enc.image_size != config.data.image_size:
         raise ValueError(
@@ -158,10 +159,8 @@ def load_pretrained(
             f"{enc.image_size}"
         )
     tokenizer = enc.tokenizer
-    if tokenizer is None:
-        tokenizer = get_tokenizer(
-            config.data.tokenizer, min(config.data.max_text_len, enc.max_text_len)
-        )
+    if tokenizer is None:  # rows as long as the text tower's positions (it pools the last)
+        tokenizer = get_tokenizer(config.data.tokenizer, enc.max_text_len)
     return Encoder(enc.embed_images, enc.embed_texts, tokenizer, 0, path)
 
 

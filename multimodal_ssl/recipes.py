@@ -36,6 +36,27 @@ def shapes_evals(every_steps: int, max_examples: int = 1024) -> ml_collections.C
     )
 
 
+def shapes_probe_evals(
+    every_steps: int, max_examples: int = 1024, max_train_examples: int = 4096
+) -> ml_collections.ConfigDict:
+    """Representation evals on ``generated:shapes``: geometry of the held-out pairs,
+    and k-NN and a linear probe (shape+colour classes) fit on ``max_train_examples``
+    training scenes, scored on the held-out ones."""
+    test = {
+        "data": "generated:shapes:test",
+        "every_steps": every_steps,
+        "max_examples": max_examples,
+    }
+    train = {"train_data": "generated:shapes:train", "max_train_examples": max_train_examples}
+    return ml_collections.ConfigDict(
+        {
+            "geometry": {"type": "geometry", **test},
+            "knn": {"type": "knn", **test, **train},
+            "linear_probe": {"type": "linear_probe", **test, **train},
+        }
+    )
+
+
 def apply_tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Shrinks a recipe to seconds on CPU, for tests and smoke runs."""
     config.total_steps = 6
