@@ -96,7 +96,7 @@ SIZES = {
 }
 
 
-def _reexec_with_environment(argv: list[str]) -> None:
+def _reexec_with_environment() -> None:
     """Restart once with the malloc tuning of ``main.py`` and the XLA/thread settings,
     which only take effect at process start."""
     if os.environ.get("_THROUGHPUT_CHILD"):
@@ -109,7 +109,7 @@ def _reexec_with_environment(argv: list[str]) -> None:
         OMP_NUM_THREADS=str(_THREADS.value),
         GLIBC_TUNABLES=os.environ.get("GLIBC_TUNABLES", MALLOC_TUNABLES),
     )
-    os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *argv[1:]], env)
+    os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]], env)
 
 
 def _batch(s: dict, n: int, seed: int = 0):
@@ -255,7 +255,7 @@ def make_open_clip(s: dict, batch: dict):
         output_dict=True,
     )
     model.train()
-    loss_fn = open_clip.SigLipLoss() if sigmoid else open_clip.ClipLoss()
+    loss_fn = open_clip.loss.SigLipLoss() if sigmoid else open_clip.ClipLoss()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     images = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous()
     texts = torch.from_numpy(batch["text"]).long()
@@ -288,7 +288,8 @@ def _median_step_time(run_step) -> float:
 
 
 def main(argv: list[str]) -> None:
-    _reexec_with_environment(argv)
+    del argv
+    _reexec_with_environment()
     import jax
 
     s = SIZES[_MODEL.value]

@@ -68,6 +68,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.t_init = math.log(10.0)
     c.model.b_init = -10.0
     c.model.dtype = "float32"  # compute dtype; params stay float32
+    # Both towers' encoders (a tower dict's own "scan"/"remat" wins): one nn.scan over the
+    # blocks (stacked params), and the rematerialisation policy of each block.
+    c.model.scan = False
+    c.model.remat = "none"
     # Pretrained init: a transformers SigLIP folder or big_vision .npz, and which of its
     # top-level subtrees ("img,txt,t,b") to copy; those towers take its architecture.
     c.model.init_from = ml_collections.config_dict.placeholder(str)
@@ -195,6 +199,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_module_kwargs("model.text", config.model.text, TextTransformer)
     _check_positive("model.embed_dim", config.model.embed_dim)
     _check_choice("model.dtype", config.model.dtype, DTYPES)
+    from multimodal_ssl.models.common import REMAT_POLICIES
+
+    _check_choice("model.remat", config.model.remat, tuple(REMAT_POLICIES))
     towers = parse_init_towers(config.model.init_towers)
     if bool(towers) != bool(config.model.init_from):
         _fail(

@@ -115,8 +115,9 @@ def param_spec(
     fsdp_min_size: int,
 ) -> P:
     """PartitionSpec of one param of ``shape`` with logical ``axes`` (see module doc)."""
+    if len(axes) != len(shape):
+        raise ValueError(f"logical axes {tuple(axes)} do not match param shape {tuple(shape)}")
     spec = list(nn.logical_to_mesh_axes(tuple(axes), tuple(map(tuple, rules))))
-    spec += [None] * (len(shape) - len(spec))
     for i, mesh_axis in enumerate(spec):
         if mesh_axis is not None and (
             mesh.shape[mesh_axis] == 1 or shape[i] % mesh.shape[mesh_axis]
@@ -156,7 +157,6 @@ def param_shardings(
         lambda x, axes: NamedSharding(mesh, param_spec(x.shape, axes, mesh, rules, fsdp_min_size)),
         params,
         layout.logical_axes(params),
-        is_leaf=lambda x: isinstance(x, tuple),
     )
 
 

@@ -40,11 +40,13 @@ class TrainState:
 
 def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> TwoTower:
     """The two-tower model of ``config.model``; the text tower gets the tokenizer's
-    vocabulary size and ``data.max_text_len`` unless the config sets them."""
-    text = {"vocab_size": vocab_size, "max_len": config.data.max_text_len}
+    vocabulary size and ``data.max_text_len``, both towers ``model.scan``/``model.remat``,
+    unless the tower's own dict sets them."""
+    encoder = {"scan": config.model.scan, "remat": config.model.remat}
+    text = {"vocab_size": vocab_size, "max_len": config.data.max_text_len, **encoder}
     text.update(config.model.text.to_dict())
     return TwoTower(
-        image=config.model.image.to_dict(),
+        image={**encoder, **config.model.image.to_dict()},
         text=text,
         embed_dim=config.model.embed_dim,
         t_init=config.model.t_init,

@@ -52,30 +52,44 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_processes(workdir):
+def _start_processes(workdir, logdir):
+    """The 2-process run of WORKER, in the background; its output goes to logdir."""
     address = f"127.0.0.1:{_free_port()}"
     env = dict(
         os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu"
     )
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", WORKER.format(n=PROCESSES), address, str(i), str(workdir)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(PROCESSES)
-    ]
+    procs = []
+    for i in range(PROCESSES):
+        with open(logdir / f"process_{i}.log", "w") as log:
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-c",
+                        WORKER.format(n=PROCESSES),
+                        address,
+                        str(i),
+                        str(workdir),
+                    ],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    return procs
+
+
+def _wait(procs, logdir):
     try:
-        outputs = [p.communicate(timeout=400)[0] for p in procs]
+        for p in procs:
+            p.wait(timeout=400)
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    for p, out in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, out[-4000:]
+    for i, p in enumerate(procs):
+        assert p.returncode == 0, (logdir / f"process_{i}.log").read_text()[-4000:]
 
 
 def _reference(c):
@@ -107,8 +121,11 @@ def _reference(c):
 
 def test_two_processes_train_and_checkpoint_like_one(tmp_path):
     workdir = tmp_path / "run"
-    _run_processes(workdir)
-    ref_losses, ref_state = _reference(config())
+    procs = _start_processes(workdir, tmp_path)
+    try:  # the reference runs while the two processes do
+        ref_losses, ref_state = _reference(config())
+    finally:
+        _wait(procs, tmp_path)
 
     with open(workdir / "metrics.jsonl") as f:
         steps = [int(line.split('"step": ')[1].split(",")[0]) for line in f]

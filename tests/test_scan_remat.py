@@ -13,6 +13,9 @@ from multimodal_ssl import losses
 from multimodal_ssl.models import TwoTower
 from multimodal_ssl.models.common import Encoder
 from multimodal_ssl.models.layout import scan_layers, unscan_layers
+from multimodal_ssl.recipes import load_recipe
+from multimodal_ssl.train_state import build_model
+from tests.test_train import ROOT
 
 KEY = jax.random.key(0)
 SIZES = {"width": 16, "depth": 3, "mlp_dim": 32, "num_heads": 2}
@@ -122,3 +125,12 @@ def test_bf16_compute_keeps_f32_params_grads_and_loss():
     assert {g.dtype for g in jax.tree.leaves(grads)} == {jnp.dtype(jnp.float32)}
     jaxpr = str(jax.make_jaxpr(loss)(params))
     assert "bf16" in jaxpr  # the towers' matmuls do run in bfloat16
+
+
+def test_config_scan_and_remat_reach_both_towers_unless_a_tower_sets_its_own():
+    config = load_recipe(str(ROOT / "configs" / "siglip.py"), "tiny")
+    config.model.scan, config.model.remat = True, "dots"
+    config.model.text.remat = "full"
+    model = build_model(config, vocab_size=50)
+    assert (model.image["scan"], model.image["remat"]) == (True, "dots")
+    assert (model.text["scan"], model.text["remat"]) == (True, "full")

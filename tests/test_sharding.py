@@ -190,6 +190,7 @@ def test_rule_naming_an_unknown_mesh_axis_is_rejected():
         ("sharding.rules", (("mlp", "tensor"),), "config.sharding.rules: ('mlp', 'tensor')"),
         ("sharding.fsdp_min_size", -1, "config.sharding.fsdp_min_size: must be >= 0"),
         ("optim.microbatches", 0, "config.optim.microbatches: must be > 0"),
+        ("model.remat", "everything", "config.model.remat: 'everything' is not one of"),
     ],
 )
 def test_config_validation_of_scale_out_keys(key, value, message):
