@@ -27,6 +27,7 @@ from jax.sharding import Mesh
 from multimodal_ssl.config import parse_init_towers
 from multimodal_ssl.convert import Checkpoint, check_params, checkpoint_tokenizer, load_checkpoint
 from multimodal_ssl.data.tokenizers import Tokenizer
+from multimodal_ssl.models.layout import scan_layers
 from multimodal_ssl.sharding import make_mesh, replicated
 from multimodal_ssl.train_state import Embedder, build_model
 
@@ -171,7 +172,13 @@ def init_from_config(
                 f"config.data.tokenizer: vocab_size {vocab_size} exceeds the "
                 f"{checkpoint.model.text.vocab_size} embeddings of the text tower of {source}"
             )
-    params = {k: checkpoint.params[k] for k in towers}
-    check_params(params, build_model(config, vocab_size), config.data.image_size, source)
+    model = build_model(config, vocab_size)
+    # Checkpoints hold per-layer params; a tower built with ``scan`` wants them stacked.
+    scanned = {"img": model.image.get("scan", False), "txt": model.text.get("scan", False)}
+    params = {
+        k: scan_layers(checkpoint.params[k]) if scanned.get(k) else checkpoint.params[k]
+        for k in towers
+    }
+    check_params(params, model, config.data.image_size, source)
     logging.info("Initialising %s from %s", ", ".join(towers), source)
     return config, params

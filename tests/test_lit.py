@@ -14,6 +14,7 @@ from multimodal_ssl.config import validate
 from multimodal_ssl.convert import save_npz
 from multimodal_ssl.data.tokenizers import get_tokenizer
 from multimodal_ssl.models import TwoTower
+from multimodal_ssl.models.layout import scan_layers, unscan_layers
 from multimodal_ssl.optim import make_optimizer
 from multimodal_ssl.recipes import load_recipe
 from multimodal_ssl.sharding import make_mesh, to_global
@@ -139,3 +140,15 @@ def test_bad_settings_name_the_config_key(checkpoint):
     config.model.init_towers = ""
     with pytest.raises(ValueError, match="config.model.init_towers"):
         validate(config)
+
+
+def test_imported_tower_is_stacked_for_a_scanned_model(checkpoint):
+    """``model.scan=True``: the per-layer checkpoint is converted to the scanned layout
+    (``init_from_config`` checks every shape against the scanned model)."""
+    config = lit_config(checkpoint[0])
+    config.model.scan = True
+    vocab = get_tokenizer(config.data.tokenizer, config.data.max_text_len).vocab_size
+    _, imported = pretrained.init_from_config(config, vocab)
+    assert "encoderblock" in str(jax.tree_util.tree_structure(imported["img"]))
+    assert equal_trees(imported["img"], scan_layers(checkpoint[1]["img"]))
+    assert equal_trees(unscan_layers(imported["img"]), checkpoint[1]["img"])
