@@ -2,7 +2,10 @@
 augmentation, from a CSV of JPEG files and from WebDataset tars, with 0, 1 and 2
 grain worker processes, against the training step's consumption rate.
 
-    python experiments/input_throughput.py [--examples 768] [--batches 12]
+    python experiments/input_throughput.py [--examples 768] [--batches 12] [--size 224]
+
+``--size 32`` measures at the default recipe's image size (what `configs/siglip.py` with a
+``csv:``/``wds:`` source would consume).
 
 Writes a synthetic photo-like dataset (JPEG, quality 90, shorter side 256..384 px,
 aspect 3:4..4:3) to a temporary directory as image files + CSV and as 4 WebDataset
@@ -96,7 +99,7 @@ def measure(source, *, workers: int, batches: int, image_size: int, pp: str) -> 
     return batches * BATCH / elapsed
 
 
-def plot(results: list[tuple[str, int, float]], path: str) -> None:
+def plot(results: list[tuple[str, int, float]], size: int, path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -112,7 +115,7 @@ def plot(results: list[tuple[str, int, float]], path: str) -> None:
     ax.axhline(2 * TRAIN_EXAMPLES_PER_SEC, color="r", ls=":", lw=1, label="2x training step")
     ax.set_xticks(np.arange(len(names)), names)
     ax.set_ylabel("examples / s")
-    ax.set_title(f"train loader, {SIZE} px, {PP.rsplit('|', 1)[0]}, 2-core CPU")
+    ax.set_title(f"train loader, {size} px, {PP.rsplit('|', 1)[0]}, 2-core CPU")
     ax.set_ylim(0, 1.35 * max(2 * TRAIN_EXAMPLES_PER_SEC, *(v for _, _, v in results)))
     ax.legend(fontsize=8, loc="upper left", ncol=2)
     fig.tight_layout()
@@ -123,6 +126,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--examples", type=int, default=768)
     parser.add_argument("--batches", type=int, default=12)
+    parser.add_argument("--size", type=int, default=SIZE, help="output image side, px")
     args = parser.parse_args()
     flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
     load_before = os.getloadavg()
@@ -132,10 +136,10 @@ def main() -> None:
         specs = write_dataset(root, args.examples)
         print(f"wrote {args.examples} JPEGs in {time.perf_counter() - start:.1f} s", flush=True)
         for spec, name in zip(specs, ("CSV of JPEG files", "WebDataset tars"), strict=True):
-            source = sources.get_source(spec, image_size=SIZE, seed=0, default_split="train")
+            source = sources.get_source(spec, image_size=args.size, seed=0, default_split="train")
             for workers in (0, 1, 2):
                 rate = measure(
-                    source, workers=workers, batches=args.batches, image_size=SIZE, pp=PP
+                    source, workers=workers, batches=args.batches, image_size=args.size, pp=PP
                 )
                 results.append((name, workers, rate))
                 print(f"{name}, {workers} workers: {rate:.0f} examples/s", flush=True)
@@ -152,9 +156,10 @@ def main() -> None:
     print("\n| source | 0 workers | 1 worker | 2 workers |\n|---|---|---|---|")
     for name in ("CSV of JPEG files", "WebDataset tars"):
         rates = [f"{v:.0f}" for n, _, v in results if n == name]
-        print(f"| {name}, {SIZE} px, augmented | " + " | ".join(rates) + " |")
+        print(f"| {name}, {args.size} px, augmented | " + " | ".join(rates) + " |")
     print(f"| generated:shapes, 32 px (default run) | {shapes_rate:.0f} | | |")
-    plot(results, os.path.join(HERE, "input_throughput.png"))
+    suffix = "" if args.size == SIZE else f"_{args.size}px"
+    plot(results, args.size, os.path.join(HERE, f"input_throughput{suffix}.png"))
 
 
 if __name__ == "__main__":
