@@ -334,6 +334,12 @@ class Evaluator(abc.ABC):
             )
         self._source_args = {"image_size": image_size, "seed": seed, "source_kwargs": source_kwargs}
         self.data = self.open_data(self.config["data"], self.config["max_examples"])
+        self.setup()
+
+    def setup(self) -> None:
+        """Subclass hook, called at the end of ``__init__``: open further data, read
+        class names, ... (``self.config``, ``self.data`` and ``open_data`` are ready)."""
+        return None  # nothing to add by default
 
     def open_data(self, spec: str, max_examples: int | None) -> EvalData:
         """An ordered pass over the first ``max_examples`` (None = all) of source ``spec``

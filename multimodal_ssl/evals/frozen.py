@@ -3,7 +3,6 @@ train split and score it on a labelled test split (k-NN, linear probe)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
@@ -18,24 +17,7 @@ class FrozenFeaturesEvaluator(common.Evaluator):
     common keys; ``data`` / ``max_examples`` name the test split. Both splits need an
     int ``label``; the classes are ``0 .. num_classes - 1``."""
 
-    def __init__(
-        self,
-        name: str,
-        cfg: Mapping[str, Any],
-        *,
-        image_size: int,
-        seed: int,
-        tokenizer,
-        source_kwargs: dict | None = None,
-    ):
-        super().__init__(
-            name,
-            cfg,
-            image_size=image_size,
-            seed=seed,
-            tokenizer=tokenizer,
-            source_kwargs=source_kwargs,
-        )
+    def setup(self) -> None:
         self.train_data = self.open_data(
             self.config["train_data"], self.config["max_train_examples"]
         )

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
@@ -119,30 +119,13 @@ class ZeroShotEvaluator(common.Evaluator):
     TYPE = "zeroshot"
     KS = (1, 5)
 
-    def __init__(
-        self,
-        name: str,
-        cfg: Mapping[str, Any],
-        *,
-        image_size: int,
-        seed: int,
-        tokenizer,
-        source_kwargs: dict | None = None,
-    ):
-        super().__init__(
-            name,
-            cfg,
-            image_size=image_size,
-            seed=seed,
-            tokenizer=tokenizer,
-            source_kwargs=source_kwargs,
-        )
+    def setup(self) -> None:
         source = self.data.source
-        self.classnames = _read_classnames(name, self.config["classnames"], source)
+        self.classnames = _read_classnames(self.name, self.config["classnames"], source)
         templates = self.config["templates"]
         if templates is None:
             templates = getattr(source, "templates", None) or DEFAULT_TEMPLATES
-        _check_templates(f"evals.{name}.templates", templates)
+        _check_templates(f"evals.{self.name}.templates", templates)
         self.templates = list(templates)
 
     @classmethod
