@@ -18,19 +18,17 @@ INSTALL_REQUIRES = [
     "tensorboardX>=2.6.2,<3",
     "tqdm>=4.66,<5",
     "einops>=0.8,<0.9",
+    # Pretrained SigLIP folders (safetensors) and the sentencepiece: / hf: tokenizers.
+    "safetensors>=0.4,<1",
+    "sentencepiece>=0.2,<0.3",
+    "tokenizers>=0.20,<1",
 ]
 
-# Importing pretrained weights (multimodal_ssl.pretrained / convert): safetensors for
-# transformers folders, sentencepiece / tokenizers for the tokenizers they ship.
-PRETRAINED = ["safetensors>=0.4,<1", "sentencepiece>=0.2,<0.3", "tokenizers>=0.20,<1"]
-
 EXTRAS_REQUIRE = {
-    "pretrained": PRETRAINED,
     "dev": [
         "pytest>=9.0,<10",
         "ruff==0.17.6",
         "matplotlib>=3.8,<4",
-        *PRETRAINED,
         # Reference implementations for the converter tests (CPU wheel of torch).
         "torch==2.13.0",
         "transformers==5.23.0",
