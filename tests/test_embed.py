@@ -6,17 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from absl import flags
+from tiny_checkpoint import write_tiny_npz
 
 from multimodal_ssl import embed, evaluate
-from multimodal_ssl.convert import save_npz
 from multimodal_ssl.data.tokenizers import get_tokenizer
 from multimodal_ssl.evals import common
-from multimodal_ssl.models import TwoTower
 from multimodal_ssl.recipes import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,21 +104,8 @@ def test_row_writer_trims_to_the_rows_written(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["x.npy"]
 
 
-TOWER = {"width": 32, "depth": 1, "mlp_dim": 64, "num_heads": 2, "pool": "map"}
-
-
 def test_command_line_with_pretrained_npz(tmp_path):
-    model = TwoTower(
-        image={**TOWER, "patch_size": 8, "num_classes": None},
-        text={**TOWER, "vocab_size": 257, "max_len": 16},
-        embed_dim=32,
-    )
-    shapes = jax.eval_shape(
-        model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)), jnp.zeros((1, 16), jnp.int32)
-    )["params"]
-    rng = np.random.default_rng(0)  # random weights without compiling the initialisers
-    params = jax.tree.map(lambda x: rng.normal(0, 0.3, x.shape).astype(np.float32), shapes)
-    save_npz(params, str(tmp_path / "w.npz"))
+    write_tiny_npz(str(tmp_path / "w.npz"))
     fv = flags.FlagValues()
     holders = embed.define_flags(fv)
     out = tmp_path / "out"

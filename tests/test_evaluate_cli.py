@@ -8,16 +8,14 @@ import json
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from absl import app, flags
+from tiny_checkpoint import write_tiny_npz
 
 from multimodal_ssl import evaluate
-from multimodal_ssl.convert import save_npz
 from multimodal_ssl.data.tokenizers import get_tokenizer
 from multimodal_ssl.metrics import read_metrics
-from multimodal_ssl.models import TwoTower
 from multimodal_ssl.recipes import load_recipe
 from multimodal_ssl.sharding import make_mesh
 from multimodal_ssl.train import train
@@ -100,24 +98,11 @@ def test_bad_arguments_name_the_flag(tmp_path):
         evaluate.load_encoder(config, checkpoint=str(tmp_path))
 
 
-TOWER = {"width": 32, "depth": 1, "mlp_dim": 64, "num_heads": 2, "pool": "map"}
-
-
 def test_pretrained_npz(tmp_path):
     """--pretrained: a big_vision .npz (no tokenizer in it, so config.data.tokenizer
     encodes the texts) evaluated with the selected evals."""
-    model = TwoTower(
-        image={**TOWER, "patch_size": 8, "num_classes": None},
-        text={**TOWER, "vocab_size": 257, "max_len": 16},
-        embed_dim=32,
-    )
-    shapes = jax.eval_shape(
-        model.init, jax.random.key(3), jnp.zeros((1, 16, 16, 3)), jnp.zeros((1, 16), jnp.int32)
-    )["params"]
-    rng = np.random.default_rng(0)  # random weights without compiling the initialisers
-    params = jax.tree.map(lambda x: rng.normal(0, 0.3, x.shape).astype(np.float32), shapes)
     npz = str(tmp_path / "w.npz")
-    save_npz(params, npz)
+    write_tiny_npz(npz)
     config = tiny_config()
     encoder = evaluate.load_encoder(config, pretrained_path=npz, devices=jax.devices()[:1])
     assert encoder.step == 0 and encoder.tokenizer.max_len == 16

@@ -4,16 +4,14 @@ training, no gradient computed for it: checked in the jaxpr), the text tower tra
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from tiny_checkpoint import write_tiny_npz
 
 from multimodal_ssl import pretrained
 from multimodal_ssl.config import validate
-from multimodal_ssl.convert import save_npz
 from multimodal_ssl.data.tokenizers import get_tokenizer
-from multimodal_ssl.models import TwoTower
 from multimodal_ssl.models.layout import scan_layers, unscan_layers
 from multimodal_ssl.optim import make_optimizer
 from multimodal_ssl.recipes import load_recipe
@@ -22,25 +20,13 @@ from multimodal_ssl.train import train
 from multimodal_ssl.train_state import build_model, init_state, make_train_step
 
 ROOT = Path(__file__).resolve().parents[1]
-TOWER = {"width": 32, "depth": 1, "mlp_dim": 64, "num_heads": 2, "pool": "map"}
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A SigLIP-like two-tower npz at the tiny recipe's sizes (16 px images, 16 tokens)."""
-    model = TwoTower(
-        image={**TOWER, "patch_size": 8, "num_classes": None},
-        text={**TOWER, "vocab_size": 257, "max_len": 16},
-        embed_dim=32,
-    )
-    shapes = jax.eval_shape(
-        model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)), jnp.zeros((1, 16), jnp.int32)
-    )["params"]
-    rng = np.random.default_rng(7)  # random weights without compiling an init
-    params = jax.tree.map(lambda s: rng.normal(0, 0.2, s.shape).astype(np.float32), shapes)
-    path = tmp_path_factory.mktemp("lit") / "siglip.npz"
-    save_npz(params, str(path))
-    return str(path), jax.tree.map(np.asarray, params)
+    path = str(tmp_path_factory.mktemp("lit") / "siglip.npz")
+    return path, write_tiny_npz(path, seed=7, std=0.2)
 
 
 def lit_config(path, **optim):
