@@ -140,20 +140,85 @@ def layer_norm(dtype: Any, name: str) -> nn.LayerNorm:
     return nn.LayerNorm(epsilon=LN_EPS, dtype=dtype, use_fast_variance=False, name=name)
 
 
-def attention(num_heads: int, dtype: Any, name: str) -> nn.MultiHeadDotProductAttention:
-    """The one multi-head attention used everywhere.
+def _flat_xavier(num_in_dims: int) -> nn.initializers.Initializer:
+    """Xavier-uniform over the kernel flattened to ``[prod(in dims), prod(out dims)]``,
+    as flax's ``DenseGeneral`` initialises its kernels."""
 
-    Params: ``{query,key,value}/kernel [d, heads, d/heads]``, ``bias [heads, d/heads]``,
-    ``out/kernel [heads, d/heads, d]``, ``out/bias [d]``; softmax in float32.
+    def init(rng: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+        flat = (int(np.prod(shape[:num_in_dims])), int(np.prod(shape[num_in_dims:])))
+        return jnp.reshape(nn.initializers.xavier_uniform()(rng, flat, dtype), shape)
+
+    return init
+
+
+class _ProjectionParams(nn.Module):
+    """Declares one projection's ``kernel`` and zero ``bias`` (float32) and returns them;
+    names, shapes and init rngs are those of a flax ``DenseGeneral`` of the same name."""
+
+    kernel_shape: tuple[int, ...]
+    bias_shape: tuple[int, ...]
+    num_in_dims: int = 1
+
+    @nn.compact
+    def __call__(self) -> tuple[jax.Array, jax.Array]:
+        kernel = self.param("kernel", _flat_xavier(self.num_in_dims), self.kernel_shape)
+        bias = self.param("bias", nn.initializers.zeros_init(), self.bias_shape)
+        return kernel, bias
+
+
+class MultiHeadAttention(nn.Module):
+    """The one multi-head dot-product attention used everywhere (blocks and MAP head).
+
+    Params are exactly those of flax's ``MultiHeadDotProductAttention`` (same names,
+    shapes and initial values, so big_vision/HF checkpoints load unchanged):
+    ``{query,key,value}/kernel [d, heads, d/heads]``, ``bias [heads, d/heads]``,
+    ``out/kernel [heads, d/heads, d]``, ``out/bias [d]``. The projections are fused at
+    run time: self-attention does one ``[d, 3, heads, d/heads]`` matmul, cross-attention
+    one for the query and one ``[d, 2, heads, d/heads]`` for key and value, which is
+    faster on CPU than three thin ones (experiments/throughput.md). Softmax in float32.
+
+    inputs_q: [b, q, d]; inputs_kv: [b, k, d] (pass the same array for self-attention)
+    -> [b, q, d] in ``dtype``. Tensor parallel: the ``heads`` axis may be sharded.
     """
-    return nn.MultiHeadDotProductAttention(
-        num_heads=num_heads,
-        dtype=dtype,
-        kernel_init=nn.initializers.xavier_uniform(),
-        force_fp32_for_softmax=True,
-        deterministic=True,
-        name=name,
-    )
+
+    num_heads: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, inputs_q: jnp.ndarray, inputs_kv: jnp.ndarray) -> jnp.ndarray:
+        d = inputs_q.shape[-1]
+        heads, head_dim = self.num_heads, d // self.num_heads
+        qkv = [
+            _ProjectionParams((d, heads, head_dim), (heads, head_dim), name=name)()
+            for name in ("query", "key", "value")
+        ]
+        out_kernel, out_bias = _ProjectionParams((heads, head_dim, d), (d,), 2, name="out")()
+        dt = self.dtype
+        if inputs_q is inputs_kv:
+            q, k, v = _project(inputs_q.astype(dt), qkv, dt)
+        else:
+            (q,) = _project(inputs_q.astype(dt), qkv[:1], dt)
+            k, v = _project(inputs_kv.astype(dt), qkv[1:], dt)
+        q = q / jnp.sqrt(head_dim).astype(dt)
+        logits = jnp.einsum("bqhc,bkhc->bhqk", q, k)
+        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(dt)
+        y = jnp.einsum("bhqk,bkhc->bqhc", weights, v)
+        return jnp.einsum("bqhc,hcd->bqd", y, out_kernel.astype(dt)) + out_bias.astype(dt)
+
+
+def _project(
+    x: jnp.ndarray, params: list[tuple[jax.Array, jax.Array]], dtype: Any
+) -> list[jnp.ndarray]:
+    """x [b, l, d] through n stacked projections in one matmul -> n arrays [b, l, h, c]."""
+    kernel = jnp.stack([k for k, _ in params], axis=1).astype(dtype)  # [d, n, h, c]
+    bias = jnp.stack([b for _, b in params]).astype(dtype)  # [n, h, c]
+    y = jnp.einsum("bld,dnhc->blnhc", x, kernel) + bias
+    return [y[:, :, i] for i in range(len(params))]
+
+
+def attention(num_heads: int, dtype: Any, name: str) -> MultiHeadAttention:
+    """The attention module of the blocks and the MAP head (one place to swap kernels)."""
+    return MultiHeadAttention(num_heads=num_heads, dtype=dtype, name=name)
 
 
 class MlpBlock(nn.Module):
