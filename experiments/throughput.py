@@ -3,6 +3,7 @@
     python experiments/throughput.py                      # benchmark model, batch 256
     python experiments/throughput.py --model=b16 --batch=8 --rounds=1 --steps=3
     python experiments/throughput.py --devices=2          # split the batch over 2 CPU devices
+    python experiments/throughput.py --devices=2 --rounds=5 --plot=experiments/throughput.png
 
 Both sides train the same architecture sizes on the same random batches with AdamW and
 the same loss, on ``--threads`` CPU threads. Runs alternate (``--rounds`` rounds; the
@@ -60,6 +61,7 @@ _THREADS = flags.DEFINE_integer("threads", 2, "CPU threads of each framework.")
 _DEVICES = flags.DEFINE_integer("devices", 1, "Emulated CPU devices our batch is split over.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Our compute dtype.")
 _OPEN_CLIP = flags.DEFINE_enum("open_clip", "auto", ["auto", "none"], "Run open_clip too.")
+_PLOT = flags.DEFINE_string("plot", None, "Write a bar chart of the rounds to this PNG.")
 _PEAK = flags.DEFINE_float("peak_tflops", 989.0, "Accelerator peak TFLOP/s for MFU (H100 bf16).")
 
 SIZES = {
@@ -287,6 +289,30 @@ def _median_step_time(run_step) -> float:
     return statistics.median(times)
 
 
+def _plot(rows: list[tuple[float, float | None]], title: str, path: str) -> None:
+    """Grouped bars of examples/s per round, ``rows`` = [(ours, open_clip or None)]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x = np.arange(1, len(rows) + 1)
+    ax.bar(x - 0.2, [ours for ours, _ in rows], 0.4, label="ours (JAX)")
+    if all(oc is not None for _, oc in rows):
+        ax.bar(x + 0.2, [oc for _, oc in rows], 0.4, label="open_clip (PyTorch)")
+        for xi, (ours, oc) in zip(x, rows, strict=True):
+            ax.annotate(f"{ours / oc:.2f}x", (xi, max(ours, oc)), ha="center", va="bottom")
+    ax.set_xticks(x, [f"round {i}" for i in x])
+    ax.set_ylabel("examples / s")
+    ax.set_title(title.replace(", dtype", ",\ndtype"), fontsize=9)
+    ax.set_ylim(0, 1.25 * max(v for row in rows for v in row if v is not None))
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main(argv: list[str]) -> None:
     del argv
     _reexec_with_environment()
@@ -297,14 +323,15 @@ def main(argv: list[str]) -> None:
     ours, flops = make_ours(s, batch)
     theirs = make_open_clip(s, batch) if _OPEN_CLIP.value == "auto" else None
     n = _BATCH.value
-    print(
+    title = (
         f"model {_MODEL.value}, batch {n}, loss {_LOSS.value}, {_THREADS.value} threads, "
         f"{_DEVICES.value} device(s) ({jax.devices()[0].device_kind}), dtype {_DTYPE.value}, "
         f"median of {_STEPS.value} steps per run"
     )
+    print(title)
     print("\n| round | ours ex/s | ours step ms | open_clip ex/s | open_clip step ms | ratio |")
     print("|---|---|---|---|---|---|")
-    ratios = []
+    ratios, rows = [], []
     for r in range(_ROUNDS.value):
         order = [("ours", ours), ("open_clip", theirs)]
         times = {}
@@ -314,8 +341,11 @@ def main(argv: list[str]) -> None:
         t_ours, t_oc = times["ours"], times.get("open_clip")
         ratio = t_oc / t_ours if t_oc else float("nan")
         ratios.append(ratio)
+        rows.append((n / t_ours, n / t_oc if t_oc else None))
         oc = f"{n / t_oc:.1f} | {1e3 * t_oc:.1f}" if t_oc else "- | -"
         print(f"| {r + 1} | {n / t_ours:.1f} | {1e3 * t_ours:.1f} | {oc} | {ratio:.2f} |")
+    if _PLOT.value:
+        _plot(rows, title, _PLOT.value)
     if theirs is not None:
         print(f"\nmedian ratio (ours / open_clip examples/s): {statistics.median(ratios):.2f}")
     if jax.default_backend() != "cpu" and flops:
