@@ -16,7 +16,7 @@ from multimodal_ssl.models import (
     parse_variant,
     posemb_sincos2d,
 )
-from multimodal_ssl.models.common import Encoder, MAPHead, layer_norm
+from multimodal_ssl.models.common import Encoder, MAPHead, attention, layer_norm
 
 TINY = {"width": 16, "depth": 1, "mlp_dim": 32, "num_heads": 2}
 KEY = jax.random.key(0)
@@ -139,6 +139,34 @@ def test_text_matches_numpy_reference():
     h = _encoder(h, p["Encoder_0"], 1, approximate=True)
     ref = h[:, -1] @ p["head"]["kernel"] + p["head"]["bias"]
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_fused_attention_equals_flax_attention(cross):
+    """Same param tree and initial values as flax's MultiHeadDotProductAttention (so
+    checkpoints and converters are unaffected) and the same outputs, for self-attention
+    (fused QKV) and cross-attention (fused KV, as in the MAP head)."""
+    import flax.linen as nn
+
+    x = jax.random.normal(jax.random.key(1), (2, 7, 24))
+    q = jax.random.normal(jax.random.key(2), (2, 3, 24)) if cross else x
+    ref = nn.MultiHeadDotProductAttention(
+        num_heads=4,
+        kernel_init=nn.initializers.xavier_uniform(),
+        force_fp32_for_softmax=True,
+        deterministic=True,
+    )
+    ours = attention(4, jnp.float32, "attn")
+    params = ref.init(jax.random.key(0), q, x)
+    ours_params = ours.init(jax.random.key(0), q, x)
+    assert jax.tree.structure(ours_params) == jax.tree.structure(params)
+    for a, b in zip(jax.tree.leaves(ours_params), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # Random biases too, so that the bias stacking is checked.
+    params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(3), p.shape), params)
+    np.testing.assert_allclose(
+        ours.apply(params, q, x), ref.apply(params, q, x), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_layer_norm_eps_and_two_pass_f32_statistics():
