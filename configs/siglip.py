@@ -47,8 +47,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.loss.name = "sigmoid"
     config.loss.impl = "ring"  # chunked ring loss; equals "global", O(1) memory in devices
 
-    config.optim.name = "adamw"
-    config.optim.lr = 5e-4  # 2e-3 collapses the shape word (experiments/shape_learning.md)
+    # Muon on the weight matrices, AdamW on the rest: learns the shape attribute ~3x faster
+    # than AdamW here (zero-shot 0.52 -> 0.96 in 400 steps; experiments/shape_learning.md).
+    config.optim.name = "muon"
+    config.optim.lr = 2e-3
     config.optim.schedule = "cosine"
     config.optim.warmup_steps = 30
     config.optim.weight_decay = 1e-4

@@ -24,7 +24,7 @@ import ml_collections
 MESH_AXES = ("data", "fsdp", "model")
 LOSS_NAMES = ("sigmoid", "softmax")
 LOSS_IMPLS = ("global", "all_gather", "ring")
-OPTIMIZERS = ("adamw", "adafactor")
+OPTIMIZERS = ("adamw", "adafactor", "muon")
 SCHEDULES = ("cosine", "rsqrt", "constant")
 DTYPES = ("float32", "bfloat16")
 INIT_TOWERS = ("img", "txt", "t", "b")  # top-level subtrees of the two-tower params

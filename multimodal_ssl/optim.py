@@ -10,7 +10,7 @@ import jax
 import ml_collections
 import optax
 
-from multimodal_ssl.models.layout import path_str
+from multimodal_ssl.models.layout import axes_of, path_str
 
 
 def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
@@ -50,6 +50,35 @@ def kernel_mask(params: Any) -> Any:
         return getattr(last, "key", getattr(last, "name", None)) == "kernel"
 
     return jax.tree_util.tree_map_with_path(is_kernel, params)
+
+
+def muon_dimension_numbers(params: Any) -> Any:
+    """Which params Muon orthogonalises, and as which matrix (the rest go to Adam).
+
+    Each tower ``kernel`` is read, through its logical axes (``models.layout``), as a
+    matrix ``x W = y`` with its input axes grouped into rows and its output axes into
+    columns: dense ``[in, out]``; attention ``query/key/value`` ``[embed, heads, kv]`` ->
+    ``[embed, heads*kv]``; attention ``out`` ``[heads, kv, embed]`` -> ``[heads*kv,
+    embed]``; the patch embedding ``[ph, pw, c, width]`` -> ``[ph*pw*c, width]``. A
+    scanned ``[layers, ...]`` axis is a batch axis (one matrix per layer); an unknown
+    kernel is a matrix only if it is 2-d. Embedding tables, position embeddings, biases,
+    norms, the MAP probe and the scalars ``t``, ``b`` get ``None`` (Adam), as in Muon's
+    reference recipe.
+    """
+    dims = optax.contrib.MuonDimensionNumbers
+
+    def spec(path, leaf):
+        if getattr(path[-1], "key", getattr(path[-1], "name", None)) != "kernel":
+            return None
+        axes = axes_of(path_str(path), leaf.ndim)
+        if axes is None:
+            return dims(0, 1) if leaf.ndim == 2 else None
+        matrix = [i for i, axis in enumerate(axes) if axis != "layers"]
+        split = -2 if tuple(axes[-2:]) == ("heads", "kv") else -1
+        rows, cols = tuple(matrix[:split]), tuple(matrix[split:])
+        return dims(rows if len(rows) > 1 else rows[0], cols if len(cols) > 1 else cols[0])
+
+    return jax.tree_util.tree_map_with_path(spec, params)
 
 
 def frozen_mask(params: Any, pattern: str | None) -> Any:
@@ -108,6 +137,18 @@ def make_optimizer(
             schedule,
             weight_decay_rate=cfg.weight_decay or None,
             weight_decay_mask=kernel_mask,
+        )
+    elif cfg.name == "muon":
+        # Muon on the weight matrices (update RMS matched to AdamW's, so AdamW learning
+        # rates carry over: Liu et al. 2025), AdamW on everything else.
+        opt = optax.contrib.muon(
+            schedule,
+            weight_decay=cfg.weight_decay,
+            weight_decay_mask=kernel_mask,
+            adam_b1=cfg.b1,
+            adam_b2=cfg.b2,
+            muon_weight_dimension_numbers=muon_dimension_numbers,
+            consistent_rms=0.2,
         )
     else:
         raise ValueError(f"config.optim.name: unknown optimizer {cfg.name!r}")
