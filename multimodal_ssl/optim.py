@@ -45,11 +45,12 @@ def kernel_mask(params: Any) -> Any:
     ``t`` and ``b`` are not decayed.
     """
 
-    def is_kernel(path, _):
-        last = path[-1]
-        return getattr(last, "key", getattr(last, "name", None)) == "kernel"
+    return jax.tree_util.tree_map_with_path(lambda path, _: _is_kernel(path), params)
 
-    return jax.tree_util.tree_map_with_path(is_kernel, params)
+
+def _is_kernel(path: tuple[Any, ...]) -> bool:
+    """Whether the jax key ``path`` ends in a leaf named ``kernel``."""
+    return getattr(path[-1], "key", getattr(path[-1], "name", None)) == "kernel"
 
 
 def muon_dimension_numbers(params: Any) -> Any:
@@ -68,7 +69,7 @@ def muon_dimension_numbers(params: Any) -> Any:
     dims = optax.contrib.MuonDimensionNumbers
 
     def spec(path, leaf):
-        if getattr(path[-1], "key", getattr(path[-1], "name", None)) != "kernel":
+        if not _is_kernel(path):
             return None
         axes = axes_of(path_str(path), leaf.ndim)
         if axes is None:

@@ -24,18 +24,14 @@ import jax.numpy as jnp
 LN_EPS = 1e-6  # big_vision / SigLIP (and HF SiglipConfig.layer_norm_eps)
 
 
-def _statistics(x: jnp.ndarray, eps: float) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """x [..., d] -> (mean, 1/std), both float32 [..., 1]; two-pass variance."""
+def _forward(x, scale, bias, eps):
+    """y = (x - mean) / std * scale + bias in float32, two-pass variance; residuals are
+    ``x`` and the float32 ``[..., 1]`` statistics."""
     x32 = x.astype(jnp.float32)
     mean = x32.mean(-1, keepdims=True)
     centred = x32 - mean
-    return mean, jax.lax.rsqrt((centred * centred).mean(-1, keepdims=True) + eps)
-
-
-def _forward(x, scale, bias, eps):
-    mean, rstd = _statistics(x, eps)
-    y = (x.astype(jnp.float32) - mean) * rstd * scale + bias
-    return y, (x, mean, rstd, scale)
+    rstd = jax.lax.rsqrt((centred * centred).mean(-1, keepdims=True) + eps)
+    return centred * rstd * scale + bias, (x, mean, rstd, scale)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -46,13 +42,13 @@ def _layer_norm(x: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray, eps: floa
 def _backward(eps, residuals, grad):
     """Gradients of ``y = xhat * scale + bias``, ``xhat = (x - mean) * rstd``:
     ``dx = rstd * (g' - mean(g') - xhat * mean(g' * xhat))`` with ``g' = grad * scale``."""
+    del eps  # only the forward pass needs it
     x, mean, rstd, scale = residuals
     xhat = (x.astype(jnp.float32) - mean) * rstd
     grad = grad.astype(jnp.float32)
     batch_axes = tuple(range(x.ndim - 1))
     g = grad * scale
     dx = rstd * (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True))
-    del eps
     return dx.astype(x.dtype), (grad * xhat).sum(batch_axes), grad.sum(batch_axes)
 
 
@@ -62,7 +58,7 @@ _layer_norm.defvjp(_forward, _backward)
 class LayerNorm(nn.Module):
     """x [..., d] -> [..., d] in ``dtype``; statistics and affine map in float32.
 
-    ``eps`` is static (a Python float). Params ``scale [d]``, ``bias [d]`` float32.
+    ``epsilon`` is static (a Python float). Params ``scale [d]``, ``bias [d]`` float32.
     """
 
     epsilon: float = LN_EPS
