@@ -5,15 +5,18 @@ never add keys. :func:`validate` runs at start-up and fails with a message namin
 the offending key (``config.loss.impl: 'rign' is not one of [...]``) for unknown
 keys, wrong types and bad values, so a typo never silently trains the wrong thing.
 
-Open sub-trees are checked against their owner's own schema:
-``model.image`` / ``model.text`` against the tower modules' fields, ``evals.<name>``
-against the evaluator type's ``default_config()``, ``data.shapes`` by the source.
+Open sub-trees are checked against their owner's own schema: ``model.towers.<modality>``
+against its tower type's module fields, ``loss`` against the objective's
+``default_config()``, ``evals.<name>`` against the evaluator type's, ``data.pp.<modality>``
+by the modality's preprocessing, ``data.shapes`` by the source.
+
+``model.image`` / ``model.text`` are command-line aliases: the same ConfigDict objects as
+``model.towers.image`` / ``model.towers.text`` (``--config.model.image.pool=map`` works as
+it always did). :func:`set_towers` keeps them in step when a recipe replaces the towers.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -21,17 +24,30 @@ from typing import Any
 
 import ml_collections
 
+from multimodal_ssl.losses.objectives import objective_class, objective_config
+
 MESH_AXES = ("data", "fsdp", "model")
-LOSS_NAMES = ("sigmoid", "softmax")
-LOSS_IMPLS = ("global", "all_gather", "ring")
 OPTIMIZERS = ("adamw", "adafactor", "muon")
 SCHEDULES = ("cosine", "rsqrt", "constant")
 DTYPES = ("float32", "bfloat16")
 INIT_TOWERS = ("img", "txt", "t", "b")  # top-level subtrees of the two-tower params
 
 # Sub-trees whose keys are validated by their owners, not against base_config().
-_OPEN_SUBTREES = ("model.image", "model.text", "evals", "data.shapes", "data.train")
-
+_OPEN_SUBTREES = (
+    "model.towers",
+    "model.image",
+    "model.text",
+    "loss",
+    "evals",
+    "data.shapes",
+    "data.train",
+    "data.fields",
+    "data.pp",
+)
+# Keys that moved: a config setting the old one is told the new one.
+_MOVED = {"model.t_init": "loss.t_init", "model.b_init": "loss.b_init"}
+# Modalities whose tower is also reachable under its old key (model.image, model.text).
+_ALIASES = ("image", "text")
 
 def base_config() -> ml_collections.ConfigDict:
     """All keys with their defaults; a recipe overrides values, never adds keys."""
@@ -60,13 +76,21 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.tfds_image_key = "image"
     c.data.tfds_caption_key = "caption"
     c.data.shapes = ml_collections.ConfigDict()  # options of generated:shapes
+    # Per modality: the record field it reads (CSV column, WebDataset member, TFDS feature,
+    # generated field), e.g. {"audio": "wav"}; unset = the source's default for it.
+    c.data.fields = ml_collections.ConfigDict()
+    # Per modality other than image (data.pp_train/pp_eval) and text (data.tokenizer): its
+    # preprocessing spec, e.g. {"audio": "resample(16000)|crop(1.0)|log_mel(64, 25, 10)"};
+    # unset = the modality kind's default (multimodal_ssl/data/modalities.py).
+    c.data.pp = ml_collections.ConfigDict()
 
     c.model = ml_collections.ConfigDict()
-    c.model.image = ml_collections.ConfigDict({"variant": "mu/4"})  # ViT kwargs
-    c.model.text = ml_collections.ConfigDict({"variant": "mu"})  # TextTransformer kwargs
+    # One tower per modality: {"type": one of models.towers.TOWER_TYPES, **its kwargs}.
+    c.model.towers = ml_collections.ConfigDict(
+        {"image": {"type": "vit", "variant": "mu/4"}, "text": {"type": "text", "variant": "mu"}}
+    )
+    set_towers(c, c.model.towers)
     c.model.embed_dim = 128
-    c.model.t_init = math.log(10.0)
-    c.model.b_init = -10.0
     c.model.dtype = "float32"  # compute dtype; params stay float32
     # Both towers' encoders (a tower dict's own "scan"/"remat" wins): one nn.scan over the
     # blocks (stacked params), and the rematerialisation policy of each block.
@@ -74,13 +98,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.remat = "none"
     # Pretrained init: a transformers SigLIP folder or big_vision .npz, and which of its
     # top-level subtrees ("img,txt,t,b") to copy; those towers take its architecture.
+    # (img/txt: the towers of modalities image/text, models.towers.param_name.)
     c.model.init_from = ml_collections.config_dict.placeholder(str)
     c.model.init_towers = ""
 
-    c.loss = ml_collections.ConfigDict()
-    c.loss.name = "sigmoid"
-    c.loss.impl = "global"
-    c.loss.chunk_size = ml_collections.config_dict.placeholder(int)
+    # The objective (multimodal_ssl/losses/objectives.py) and its own keys.
+    c.loss = objective_config("sigmoid")
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "adamw"
@@ -113,6 +136,15 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def set_towers(config: ml_collections.ConfigDict, towers: Mapping[str, Any]) -> None:
+    """Sets ``config.model.towers`` to ``towers`` ({modality: {"type": ..., ...}}) and points
+    the aliases ``model.image`` / ``model.text`` at the image / text towers (None when
+    there is none)."""
+    config.model.towers = ml_collections.ConfigDict(dict(towers))
+    for modality in _ALIASES:
+        config.model[modality] = config.model.towers.get(modality)
+
+
 def parse_init_towers(spec: str) -> tuple[str, ...]:
     """``model.init_towers`` ``"img,t"`` -> ``("img", "t")``; ValueError naming the key."""
     towers = tuple(s.strip() for s in spec.split(",") if s.strip())
@@ -135,6 +167,8 @@ def _fail(path: str, message: str) -> None:
 def _check_keys(cfg: Mapping[str, Any], schema: Mapping[str, Any], path: str) -> None:
     for key, value in cfg.items():
         sub = f"{path}.{key}" if path else key
+        if sub in _MOVED:
+            _fail(sub, f"moved to config.{_MOVED[sub]}")
         if key not in schema:
             _fail(sub, f"unknown key; valid keys here are {sorted(schema)}")
         if sub in _OPEN_SUBTREES:
@@ -166,11 +200,33 @@ def _check_positive(path: str, value: Any, allow_zero: bool = False) -> None:
         _fail(path, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
 
-def _check_module_kwargs(path: str, kwargs: Mapping[str, Any], module_cls: type) -> None:
-    fields = {f.name for f in dataclasses.fields(module_cls)} - {"parent", "name"}
-    for key in kwargs:
-        if key not in fields:
-            _fail(f"{path}.{key}", f"unknown key; {module_cls.__name__} accepts {sorted(fields)}")
+def _check_towers(model: ml_collections.ConfigDict) -> None:
+    from multimodal_ssl.models import towers  # local: keep config import light
+
+    if not _is_dict(model.towers) or not model.towers:
+        _fail("model.towers", "must be a non-empty dict {modality: {'type': ..., ...}}")
+    for modality, tower in model.towers.items():
+        path = f"model.towers.{modality}"
+        if not _is_dict(tower) or "type" not in tower:
+            _fail(path, f"must be a dict with a 'type' key (one of {sorted(towers.TOWER_TYPES)})")
+        if tower["type"] not in towers.TOWER_TYPES:
+            _fail(f"{path}.type", f"{tower['type']!r} is not one of {sorted(towers.TOWER_TYPES)}")
+        fields = towers.tower_fields(tower["type"])
+        for key in tower:
+            if key != "type" and key not in fields:
+                alias = f" (alias config.model.{modality}.{key})" if modality in _ALIASES else ""
+                _fail(
+                    f"{path}.{key}{alias}",
+                    f"unknown key; tower type {tower['type']!r} accepts {fields}",
+                )
+    for modality in _ALIASES:
+        alias, tower = model.get(modality), model.towers.get(modality)
+        if alias is not None and (tower is None or alias.to_dict() != tower.to_dict()):
+            _fail(
+                f"model.{modality}",
+                f"is an alias of config.model.towers.{modality}, but the two differ; set the "
+                f"tower in config.model.towers.{modality} (recipes: config.set_towers)",
+            )
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -192,11 +248,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         except ValueError as e:
             _fail(f"data.{key}", str(e))
 
-    from multimodal_ssl.models.text import TextTransformer  # local: keep config import light
-    from multimodal_ssl.models.vit import ViT
+    _check_towers(config.model)
+    from multimodal_ssl.data.modalities import check_pp_config  # local: keep config light
 
-    _check_module_kwargs("model.image", config.model.image, ViT)
-    _check_module_kwargs("model.text", config.model.text, TextTransformer)
+    check_pp_config(config)
     _check_positive("model.embed_dim", config.model.embed_dim)
     _check_choice("model.dtype", config.model.dtype, DTYPES)
     from multimodal_ssl.models.common import REMAT_POLICIES
@@ -213,10 +268,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.model.init_from and not os.path.exists(os.path.expanduser(config.model.init_from)):
         _fail("model.init_from", f"{config.model.init_from!r} does not exist")
 
-    _check_choice("loss.name", config.loss.name, LOSS_NAMES)
-    _check_choice("loss.impl", config.loss.impl, LOSS_IMPLS)
-    if config.loss.chunk_size is not None:
-        _check_positive("loss.chunk_size", config.loss.chunk_size)
+    if not _is_dict(config.loss) or "name" not in config.loss:
+        _fail("loss", "must be a dict with a 'name' key (an objective)")
+    objective_class(config.loss.name).resolve(config.loss, list(config.model.towers))
 
     _check_choice("optim.name", config.optim.name, OPTIMIZERS)
     _check_choice("optim.schedule", config.optim.schedule, SCHEDULES)

@@ -1,4 +1,4 @@
-"""Embedding export: image and text embeddings of a data source as ``.npy`` files.
+"""Embedding export: the embeddings of any modality of a data source as ``.npy`` files.
 
     python -m multimodal_ssl.embed --config=configs/siglip.py --checkpoint=WORKDIR \
         --data=generated:shapes:test --output=DIR [--max_examples=N] [--modalities=image,text]
@@ -7,8 +7,9 @@
 Writes to ``DIR``:
 
 * ``ids.npy``: i64 [N], the source index (``id``) of each row;
-* ``image_embeddings.npy`` / ``text_embeddings.npy``: f32 [N, d], L2-normalised, row i
-  the image / caption of example ``ids[i]`` (one file per ``--modalities`` entry);
+* ``<modality>_embeddings.npy`` (``image_embeddings.npy``, ``text_embeddings.npy``,
+  ``audio_embeddings.npy``, ...): f32 [N, d], L2-normalised, row i that modality of
+  example ``ids[i]`` (one file per ``--modalities`` entry, any tower of the model);
 * ``meta.json``: source spec, model (checkpoint or pretrained path, step), N, d.
 
 The examples are read in source order with the eval preprocessing (as the evals see
@@ -28,11 +29,15 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
+from multimodal_ssl.data.modalities import make_processors
 from multimodal_ssl.data.sources import DataOptions
 from multimodal_ssl.evals import common
 from multimodal_ssl.evaluate import Encoder, define_model_flags, encoder_from_flags
 
-MODALITIES = {"image": "image_embeddings.npy", "text": "text_embeddings.npy"}
+
+def embeddings_file(modality: str) -> str:
+    """The file name of ``modality``'s embeddings: ``<modality>_embeddings.npy``."""
+    return f"{modality}_embeddings.npy"
 
 
 class _RowWriter:
@@ -89,20 +94,23 @@ def export_embeddings(
     "test" unless named) and writes the files of the module docstring to ``output_dir``.
     Every process must call this; process 0 writes and gets the ``meta.json`` dict, the
     others ``{}``."""
-    unknown = sorted(set(modalities) - set(MODALITIES))
+    unknown = sorted(set(modalities) - set(encoder.embed))
     if unknown or not modalities:
-        raise ValueError(f"--modalities: {list(modalities)}; choose from {sorted(MODALITIES)}")
+        raise ValueError(f"--modalities: {list(modalities)}; choose from {sorted(encoder.embed)}")
     common.check_int("--max_examples", max_examples, allow_none=True)
     common.check_int("--batch_size", batch_size)
-    options = DataOptions.from_config(config.data)  # as the evals read: pp_eval, strict
+    processors = make_processors(config, train=False, tokenizer=encoder.tokenizer)
+    processors = {m: processors[m] for m in modalities}
+    options = DataOptions.from_config(  # as the evals read: pp_eval, strict
+        config.data, requests=tuple(p.request for p in processors.values())
+    )
     source = common.open_eval_source(
         spec, image_size=config.data.image_size, seed=config.seed, source_kwargs=options
     )
     batches = common.make_batches(
         source,
         batch_size=batch_size,
-        tokenizer=encoder.tokenizer,
-        image_size=config.data.image_size,
+        processors=processors,
         max_examples=max_examples,
         options=options,
     )
@@ -112,12 +120,13 @@ def export_embeddings(
         os.makedirs(output_dir, exist_ok=True)
     writers = {"id": _RowWriter(os.path.join(output_dir, "ids.npy"), capacity)}
     writers.update(
-        {m: _RowWriter(os.path.join(output_dir, MODALITIES[m]), capacity) for m in modalities}
+        {m: _RowWriter(os.path.join(output_dir, embeddings_file(m)), capacity) for m in modalities}
     )
-    embed = {"image": encoder.embed_images, "text": encoder.embed_texts}
     for batch in batches:
         # Padded to batch_size: one compiled shape, also for the last partial batch.
-        blocks = {m: common.embed_in_batches(embed[m], batch[m], batch_size) for m in modalities}
+        blocks = {
+            m: common.embed_in_batches(encoder.embed[m], batch[m], batch_size) for m in modalities
+        }
         if writing:
             writers["id"].append(np.asarray(batch["id"], np.int64))
             for m, block in blocks.items():
@@ -132,7 +141,7 @@ def export_embeddings(
         "step": encoder.step,
         "num_examples": writers["id"].rows,
         "dim": int(np.load(writers[modalities[0]].path, mmap_mode="r").shape[1]),
-        "files": {"ids": "ids.npy", **{m: MODALITIES[m] for m in modalities}},
+        "files": {"ids": "ids.npy", **{m: embeddings_file(m) for m in modalities}},
     }
     with open(os.path.join(output_dir, "meta.json"), "w") as f:
         json.dump(meta, f, indent=2)

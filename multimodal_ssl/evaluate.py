@@ -24,7 +24,7 @@ import dataclasses
 import functools
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -32,30 +32,36 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags, logging
-from jax.sharding import Mesh
 from ml_collections import config_flags
 
-from multimodal_ssl import config as config_lib
 from multimodal_ssl import pretrained
+from multimodal_ssl.builder import Experiment, build_evaluators
+from multimodal_ssl.data.modalities import make_processors
 from multimodal_ssl.data.tokenizers import Tokenizer, get_tokenizer
-from multimodal_ssl.models.towers import TwoTower
 from multimodal_ssl.sharding import make_mesh, param_shardings
-from multimodal_ssl.train import build_evaluators
-from multimodal_ssl.train_state import Embedder, build_model, dummy_inputs
+
+EmbedFn = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclasses.dataclass
 class Encoder:
-    """What the evals need of a model: ``embed_images`` (f32 [n, H, W, 3] -> [n, d]),
-    ``embed_texts`` (i32 [n, L] -> [n, d]), both L2-normalised numpy; the
-    ``tokenizer`` its texts are encoded with; the training ``step`` it comes from
-    (0 for imported weights) and ``source`` (the path it was read from)."""
+    """What the evals need of a model: ``embed`` (``{modality: inputs [n, ...] -> [n, d]}``,
+    L2-normalised numpy); the ``tokenizer`` its texts are encoded with; the training
+    ``step`` it comes from (0 for imported weights) and ``source`` (the path it was read
+    from). ``embed_images`` / ``embed_texts``: ``embed["image"]`` / ``embed["text"]``."""
 
-    embed_images: Callable[[np.ndarray], np.ndarray]
-    embed_texts: Callable[[np.ndarray], np.ndarray]
+    embed: Mapping[str, EmbedFn]
     tokenizer: Tokenizer
     step: int
     source: str
+
+    @property
+    def embed_images(self) -> EmbedFn:
+        return self.embed["image"]
+
+    @property
+    def embed_texts(self) -> EmbedFn:
+        return self.embed["text"]
 
 
 def checkpoint_root(path: str) -> tuple[str, int | None]:
@@ -76,20 +82,17 @@ def checkpoint_root(path: str) -> tuple[str, int | None]:
 
 
 def load_params(
-    config: ml_collections.ConfigDict,
-    model: TwoTower,
-    path: str,
-    mesh: Mesh,
-    step: int | None = None,
+    exp: Experiment, path: str, step: int | None = None
 ) -> tuple[Any, int]:
-    """The params of a training checkpoint (the newest step, or ``step``, or the step
-    folder ``path`` names) for ``model``, restored straight into the param shardings of
-    ``config.sharding`` on ``mesh`` (optimizer state and data position are not read).
-    Returns ``(params, step)``; ValueError names the bad ``--checkpoint`` / ``--step``."""
+    """The towers' params of a training checkpoint (the newest step, or ``step``, or the
+    step folder ``path`` names) for the model of ``exp``, restored straight into the param
+    shardings of ``config.sharding`` on its mesh (the objective's scalars, optimizer state
+    and data position are not read). Returns ``(params, step)``; ValueError names the bad
+    ``--checkpoint`` / ``--step``."""
+    config, mesh = exp.config, exp.mesh
     root, path_step = checkpoint_root(path)
-    shapes = jax.eval_shape(
-        lambda rng: model.init(rng, **dummy_inputs(config))["params"], jax.random.key(0)
-    )
+    dummy = {m: jax.numpy.zeros(s.shape, s.dtype) for m, s in exp.input_specs.items()}
+    shapes = jax.eval_shape(lambda rng: exp.model.init(rng, dummy)["params"], jax.random.key(0))
     shardings = param_shardings(shapes, mesh, config.sharding.rules, config.sharding.fsdp_min_size)
     item = {
         "params": jax.tree.map(
@@ -130,17 +133,12 @@ def load_checkpoint(
     devices: Sequence[jax.Device] | None = None,
 ) -> Encoder:
     """An :class:`Encoder` of a training checkpoint (see :func:`load_params`) for the
-    model of ``config`` on the mesh of ``config.mesh`` over ``devices`` (default: all)."""
-    config_lib.validate(config)
-    mesh = make_mesh(config.mesh, devices)
-    tokenizer = get_tokenizer(config.data.tokenizer, config.data.max_text_len)
-    # A run initialised from imported towers (LiT) takes their architecture from there.
-    config, _ = pretrained.init_from_config(config, tokenizer.vocab_size)
-    model = build_model(config, tokenizer.vocab_size)
-    embedder = Embedder(model, mesh)
-    embedder.params, step = load_params(config, model, path, mesh, step)
+    model of ``config`` on the mesh of ``config.mesh`` over ``devices`` (default: all).
+    A run initialised from imported towers (LiT) takes their architecture from there."""
+    exp = Experiment(config, devices)
+    params, step = load_params(exp, path, step)
     root, _ = checkpoint_root(path)
-    return Encoder(embedder.embed_images, embedder.embed_texts, tokenizer, step, root)
+    return Encoder(exp.embedder(params).embed_fns(), exp.tokenizer, step, root)
 
 
 def load_pretrained(
@@ -161,7 +159,7 @@ def load_pretrained(
     tokenizer = enc.tokenizer
     if tokenizer is None:  # rows as long as the text tower's positions (it pools the last)
         tokenizer = get_tokenizer(config.data.tokenizer, enc.max_text_len)
-    return Encoder(enc.embed_images, enc.embed_texts, tokenizer, 0, path)
+    return Encoder({"image": enc.embed_images, "text": enc.embed_texts}, tokenizer, 0, path)
 
 
 def load_encoder(
@@ -196,9 +194,10 @@ def run_evals(
         config.evals = ml_collections.ConfigDict({n: config.evals[n] for n in names})
     if not config.evals:
         raise ValueError("config.evals: empty, nothing to evaluate")
+    processors = make_processors(config, train=False, tokenizer=encoder.tokenizer)
     results: dict[str, float] = {}
-    for evaluator in build_evaluators(config, encoder.tokenizer).values():
-        results.update(evaluator.run(encoder.embed_images, encoder.embed_texts))
+    for evaluator in build_evaluators(config, processors).values():
+        results.update(evaluator.run(encoder.embed))
     return results
 
 

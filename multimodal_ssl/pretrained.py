@@ -24,20 +24,22 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from multimodal_ssl.config import parse_init_towers
+from multimodal_ssl.config import parse_init_towers, set_towers
 from multimodal_ssl.convert import Checkpoint, check_params, checkpoint_tokenizer, load_checkpoint
 from multimodal_ssl.data.tokenizers import Tokenizer
+from multimodal_ssl.embedder import Embedder
 from multimodal_ssl.models.layout import scan_layers
+from multimodal_ssl.models.towers import build_model, param_name
 from multimodal_ssl.sharding import make_mesh, replicated
-from multimodal_ssl.train_state import Embedder, build_model
 
 
 class PretrainedEncoder:
     """Embeds images and token rows with a converted checkpoint (see module doc).
 
-    Attributes: ``params`` (our TwoTower tree, f32 numpy), ``config`` (``config.model``
-    ConfigDict), ``image_size`` (None for sin-cos position embeddings), ``max_text_len``,
-    ``tokenizer`` (shipped with the checkpoint, or None), ``model`` (the TwoTower).
+    Attributes: ``params`` (our image/text tree with ``t``, ``b``; f32 numpy), ``config``
+    (``image``/``text`` tower kwargs, ``embed_dim``, ...), ``image_size`` (None for sin-cos
+    position embeddings), ``max_text_len``, ``tokenizer`` (shipped with the checkpoint, or
+    None), ``model`` (the MultiTower).
     """
 
     def __init__(
@@ -138,9 +140,10 @@ def init_from_config(
     """Imported params for ``model.init_towers`` of the checkpoint ``model.init_from``.
 
     Returns ``(config, params)``: a copy of ``config`` whose initialised towers take
-    their architecture from the checkpoint (``model.image`` / ``model.text`` replaced,
-    ``model.embed_dim`` set to the checkpoint's), and ``{tower: params}`` to put into
-    the freshly initialised tree. Without ``model.init_from``: ``(config, {})``.
+    their architecture from the checkpoint (``model.towers.image`` / ``.text`` replaced,
+    ``model.embed_dim`` set to the checkpoint's), and ``{subtree: params}`` to put into
+    the freshly initialised tree (``img``, ``txt``, ``t``, ``b``). Without
+    ``model.init_from``: ``(config, {})``.
     Raises ValueError naming the config key when data sizes (``data.image_size``,
     ``data.max_text_len``) or the tokenizer's ``vocab_size`` do not fit the checkpoint.
     """
@@ -151,8 +154,9 @@ def init_from_config(
     source = checkpoint.source
     config = config.copy_and_resolve_references()
     config.model.embed_dim = checkpoint.model.embed_dim
+    new_towers = {m: config.model.towers[m] for m in config.model.towers}
     if "img" in towers:
-        config.model.image = checkpoint.model.image.copy_and_resolve_references()
+        new_towers["image"] = {"type": "vit", **checkpoint.model.image.to_dict()}
         if checkpoint.image_size not in (None, config.data.image_size):
             raise ValueError(
                 f"config.data.image_size: {config.data.image_size}, but the image tower of "
@@ -160,7 +164,7 @@ def init_from_config(
                 f"set it to {checkpoint.image_size}"
             )
     if "txt" in towers:
-        config.model.text = checkpoint.model.text.copy_and_resolve_references()
+        new_towers["text"] = {"type": "text", **checkpoint.model.text.to_dict()}
         if config.data.max_text_len != checkpoint.max_text_len:
             raise ValueError(
                 f"config.data.max_text_len: {config.data.max_text_len}, but the text tower "
@@ -172,9 +176,10 @@ def init_from_config(
                 f"config.data.tokenizer: vocab_size {vocab_size} exceeds the "
                 f"{checkpoint.model.text.vocab_size} embeddings of the text tower of {source}"
             )
+    set_towers(config, new_towers)
     model = build_model(config, vocab_size)
     # Checkpoints hold per-layer params; a tower built with ``scan`` wants them stacked.
-    scanned = {"img": model.image.get("scan", False), "txt": model.text.get("scan", False)}
+    scanned = {param_name(m): model.towers[m].get("scan", False) for m in model.towers}
     params = {
         k: scan_layers(checkpoint.params[k]) if scanned.get(k) else checkpoint.params[k]
         for k in towers

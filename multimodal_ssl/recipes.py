@@ -11,6 +11,8 @@ import os
 
 import ml_collections
 
+from multimodal_ssl.config import set_towers
+
 
 def shapes_evals(every_steps: int, max_examples: int = 1024) -> ml_collections.ConfigDict:
     """Zero-shot over shape+colour classes and image<->text retrieval on the held-out
@@ -64,11 +66,14 @@ def apply_tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.log_every_steps = 1
     config.data.image_size = 16
     config.data.max_text_len = 16
-    config.model.image = ml_collections.ConfigDict(
-        {"variant": "mu/8", "width": 32, "depth": 1, "mlp_dim": 64, "num_heads": 2}
-    )
-    config.model.text = ml_collections.ConfigDict(
-        {"variant": "mu", "width": 32, "depth": 1, "mlp_dim": 64, "num_heads": 2}
+    tiny = {"width": 32, "depth": 1, "mlp_dim": 64, "num_heads": 2}
+    kinds = {"vit": {"variant": "mu/8"}, "text": {"variant": "mu"}, "audio": {"patch_size": 4}}
+    set_towers(
+        config,
+        {
+            m: {"type": t["type"], **kinds.get(t["type"], {}), **tiny}
+            for m, t in config.model.towers.items()
+        },
     )
     config.model.embed_dim = 16
     config.optim.warmup_steps = 2

@@ -14,37 +14,14 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from multimodal_ssl import config as config_lib
-from multimodal_ssl import pretrained
+from multimodal_ssl.builder import Experiment
 from multimodal_ssl.checkpointing import Checkpointer, abstract_like
-from multimodal_ssl.data.pipeline import train_loader_from_config
-from multimodal_ssl.data.sources import DataOptions
-from multimodal_ssl.data.tokenizers import get_tokenizer
-from multimodal_ssl.evals import get_evaluator
 from multimodal_ssl.metrics import MetricWriter, Progress
-from multimodal_ssl.optim import make_optimizer
-from multimodal_ssl.sharding import check_global_batch, make_mesh, to_global
-from multimodal_ssl.train_state import Embedder, build_model, init_state, make_train_step
-
-TRAIN_KEYS = ("image", "text")
+from multimodal_ssl.sharding import to_global
 
 
 def _should_run(step: int, every: int, total: int) -> bool:
     return step % every == 0 or step == total
-
-
-def build_evaluators(config: ml_collections.ConfigDict, tokenizer) -> dict:
-    return {
-        name: get_evaluator(cfg.type)(
-            name,
-            cfg,
-            image_size=config.data.image_size,
-            seed=config.seed,
-            tokenizer=tokenizer,
-            source_kwargs=DataOptions.from_config(config.data),
-        )
-        for name, cfg in config.evals.items()
-    }
 
 
 def train(
@@ -53,26 +30,13 @@ def train(
     devices: Sequence[jax.Device] | None = None,
 ) -> dict[str, float]:
     """Trains (or resumes) to ``config.total_steps``; returns the last logged metrics."""
-    config_lib.validate(config)
-    mesh = make_mesh(config.mesh, devices)
-    local_batch = check_global_batch(config.batch_size, mesh)
-    logging.info("Mesh %s, global batch %d", dict(mesh.shape), config.batch_size)
-
-    tokenizer = get_tokenizer(config.data.tokenizer, config.data.max_text_len)
-    data_iter = iter(
-        train_loader_from_config(
-            config,
-            batch_size=local_batch,
-            tokenizer=tokenizer,
-            shard_index=jax.process_index(),
-            shard_count=jax.process_count(),
-        )
+    exp = Experiment(config, devices)
+    config, mesh = exp.config, exp.mesh
+    logging.info(
+        "Mesh %s, global batch %d, towers %s", dict(mesh.shape), config.batch_size, exp.modalities
     )
-
-    config, imported = pretrained.init_from_config(config, tokenizer.vocab_size)
-    model = build_model(config, tokenizer.vocab_size)
-    tx, schedule = make_optimizer(config.optim, config.total_steps)
-    state = init_state(model, tx, config, mesh, imported)
+    data_iter = iter(exp.train_loader())
+    state = exp.init_state()
     checkpointer = Checkpointer(
         workdir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep
     )
@@ -80,17 +44,17 @@ def train(
     restored = checkpointer.restore(abstract_like(state), data_iter)
     if restored is not None:
         state, start_step = restored
-    train_step = make_train_step(model, tx, schedule, config, mesh, abstract_like(state))
+    train_step = exp.train_step(state)
 
-    evaluators = build_evaluators(config, tokenizer)
-    embedder = Embedder(model, mesh)
+    evaluators = exp.evaluators()
+    embedder = exp.embedder()
     writer = MetricWriter(workdir)
     progress = Progress(config.total_steps, start_step)
     last: dict[str, float] = {}
     window_start, window_steps = time.perf_counter(), 0
     try:
         for step in range(start_step + 1, config.total_steps + 1):
-            batch = to_global(_next_batch(data_iter), mesh)
+            batch = to_global(_next_batch(data_iter, exp), mesh)
             state, metrics = train_step(state, batch)
             window_steps += 1
             if step == start_step + 1:  # exclude compilation from examples/s
@@ -114,7 +78,7 @@ def train(
                 embedder.params = state.params
                 results = {}
                 for evaluator in due.values():
-                    results.update(evaluator.run(embedder.embed_images, embedder.embed_texts))
+                    results.update(evaluator.run(embedder.embed_fns()))
                 writer.write(step, results)
                 logging.info("step %d evals: %s", step, results)
                 last.update(results)
@@ -126,6 +90,7 @@ def train(
     return last
 
 
-def _next_batch(data_iter) -> dict[str, np.ndarray]:
+def _next_batch(data_iter, exp: Experiment) -> dict[str, np.ndarray]:
+    """The model inputs of the next batch: one array per tower, and the masks."""
     batch = next(data_iter)
-    return {k: batch[k] for k in TRAIN_KEYS}
+    return {k: batch[k] for k in (*exp.modalities, *(f"mask/{m}" for m in exp.masked))}

@@ -179,7 +179,7 @@ def test_wrong_image_size_names_the_record():
     )
     with pytest.raises(
         ValueError,
-        match=r"record id \d+ \(ShapesSource.* example \d+\): image must be uint8 \[9, 9, 3\] "
+        match=r"ShapesSource.* example \d+: image must be uint8 \[9, 9, 3\] "
         r"after the ops 'value_range\(-1, 1\)', got uint8 \[8, 8, 3\]",
     ):
         next(it)

@@ -1,15 +1,19 @@
 """csv: sources: reading against PIL, column options, every bad-input case (skipped and
-counted, logged with file and row, or an error in strict mode), host sharding."""
+counted, logged with file and row, or an error in strict mode), host sharding, field
+requests (audio file columns, missing columns, bad rows)."""
 
+import io
 import os
 import re
 
 import numpy as np
 import pytest
+import soundfile
 from data_fixtures import caption, encode, image, image_csv, write_csv, write_image_files
 from PIL import Image
 
 from multimodal_ssl.data import pipeline, records, sources, tokenizers
+from multimodal_ssl.data.fields import FieldRequest
 from multimodal_ssl.data.records import BadRecord
 
 TOK = tokenizers.ByteTokenizer(32)
@@ -81,7 +85,7 @@ def test_column_options_and_missing_columns(tmp_path):
 
 
 REASONS = {  # bad row (counted from 1 after the header) -> reason
-    1: r"image file .*missing\.jpg does not exist",
+    1: r"file .*missing\.jpg does not exist",
     3: r"undecodable or truncated image",
     5: r"undecodable or truncated image",
     7: r"empty caption",
@@ -180,6 +184,95 @@ def test_a_source_that_is_all_bad_stops_instead_of_spinning(tmp_path, monkeypatc
     with pytest.raises(
         ValueError,
         match=r"5 examples in a row were unreadable, the last: .*x\.csv "
-        r"row \d \(line \d\): image file .*none\d\.jpg does not exist",
+        r"row \d \(line \d\): file .*none\d\.jpg does not exist",
     ):
         next(it)
+
+
+AUDIO_RATE = 8000
+REQUESTS = (
+    FieldRequest("image", None, True),
+    FieldRequest("text", None, False),
+    FieldRequest("audio", "wav", True),
+)
+
+
+def write_wav(path, i: int) -> bytes:
+    """A 0.1 s tone of 200 * (i + 1) Hz at AUDIO_RATE written to ``path``; its bytes."""
+    t = np.arange(AUDIO_RATE // 10) / AUDIO_RATE
+    soundfile.write(path, 0.5 * np.sin(2 * np.pi * 200 * (i + 1) * t), AUDIO_RATE)
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def audio_csv(root, rows=None):
+    """root/av.csv: filepath,title,wav for examples 0..2 (or the given rows); the image
+    and wav files are written. Returns (path, {i: wav bytes})."""
+    paths = write_image_files(str(root), range(3))
+    os.makedirs(root / "wav", exist_ok=True)
+    wavs = {i: write_wav(root / f"wav/{i}.wav", i) for i in range(3)}
+    if rows is None:
+        rows = [[p, caption(i), f"wav/{i}.wav"] for i, p in enumerate(paths)]
+    return write_csv(str(root / "av.csv"), ["filepath", "title", "wav"], rows), wavs
+
+
+def test_requests_read_an_audio_file_column(tmp_path):
+    path, wavs = audio_csv(tmp_path)
+    src = open_csv(path, requests=REQUESTS)
+    assert src.provides == {"image", "text", "audio"}
+    assert src.available_fields == ["filepath", "title", "wav"]
+    record = src[1]
+    assert set(record) == {"image", "text", "audio", "label", "id", "where"}
+    assert record["image"] == (tmp_path / "img/0001.png").read_bytes()
+    assert record["text"] == caption(1) and record["label"] == -1 and record["id"] == 1
+    assert record["audio"] == wavs[1]
+    wave, rate = soundfile.read(io.BytesIO(record["audio"]))
+    assert rate == AUDIO_RATE and wave.shape == (AUDIO_RATE // 10,)
+    # A non-binary request of the same column gives its string.
+    named = open_csv(path, requests=[FieldRequest("caption", "wav", False)])
+    assert named[2]["caption"] == "wav/2.wav" and named.provides == {"caption"}
+    assert repr(src) == repr(open_csv(path, requests=REQUESTS))
+    assert "requests=(FieldRequest(key='image', name=None, binary=True), " in repr(src)
+    assert repr(src) != repr(named)
+
+
+def test_requests_none_keeps_the_image_caption_record(tmp_path):
+    path, _ = audio_csv(tmp_path)
+    src = open_csv(path)
+    assert src.provides == {"image", "caption"}
+    assert set(src[0]) == {"image", "caption", "label", "id", "where"}
+    assert repr(src) == f"CsvSource({path!r}, keys=('filepath', 'title', None), rows=3)"
+
+
+def test_a_request_for_a_missing_column_is_not_served(tmp_path):
+    path = image_csv(str(tmp_path), 2, label=False)
+    src = open_csv(path, requests=REQUESTS)
+    assert src.provides == {"image", "text"} and src.available_fields == ["filepath", "title"]
+    assert set(src[1]) == {"image", "text", "label", "id", "where"}
+    # With requests no column is required, not even the image's.
+    assert open_csv(path, csv_image_key="path", requests=REQUESTS).provides == {"text"}
+
+
+@pytest.mark.parametrize(
+    "row, reason",
+    [
+        (["img/0000.png", caption(0), ""], r"empty 'wav' field"),
+        (["img/0000.png", caption(0), "  "], r"empty 'wav' field"),
+        (["img/0000.png", caption(0), "wav/none.wav"], r".*file .*none\.wav does not exist"),
+        (["img/0000.png", " ", "wav/0.wav"], r"empty 'title' field"),
+        (["img/0000.png", caption(0)], r"row has no field for column\(s\) \['wav'\]"),
+    ],
+)
+def test_a_bad_requested_field_names_the_row_and_column(tmp_path, row, reason):
+    path, _ = audio_csv(tmp_path, [["img/0001.png", caption(1), "wav/1.wav"], row])
+    src = open_csv(path, requests=REQUESTS)
+    assert src[0]["text"] == caption(1)
+    with pytest.raises(BadRecord, match=rf"av\.csv row 2 \(line 3\): {reason}"):
+        src[1]
+
+
+@pytest.mark.parametrize("key", ["label", "id", "where", "text"])
+def test_reserved_or_repeated_request_keys_are_errors(tmp_path, key):
+    path, _ = audio_csv(tmp_path)
+    with pytest.raises(ValueError, match=rf"field request key {key!r}: repeated, or reserved"):
+        open_csv(path, requests=[FieldRequest("text", None, False), FieldRequest(key, "wav", True)])

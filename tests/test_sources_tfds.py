@@ -1,14 +1,18 @@
 """tfds: sources on array_record datasets prepared here by tfds itself (no TensorFlow):
-raw uint8 Tensor and encoded Image features, class names, slicing, errors."""
+raw uint8 Tensor and encoded Image features, class names, slicing, errors, field
+requests (an extra depth feature, missing features, empty values)."""
 
+import io
 import re
 
 import numpy as np
 import pytest
-from data_fixtures import CLASSNAMES, NUM_CLASSES, image, write_tfds
+from data_fixtures import CLASSNAMES, NUM_CLASSES, caption, encode, image, write_tfds
 from PIL import Image
 
 from multimodal_ssl.data import pipeline, sources, tokenizers
+from multimodal_ssl.data.fields import FieldRequest
+from multimodal_ssl.data.records import BadRecord
 from multimodal_ssl.data.tfds_source import parse_tfds_spec
 
 TOK = tokenizers.ByteTokenizer(32)
@@ -110,3 +114,93 @@ def test_a_source_without_captions_evaluates_but_does_not_train(tfds_dirs):
 def test_errors_name_the_dataset_and_key(tfds_dirs, spec, options, match):
     with pytest.raises(ValueError, match=match):
         open_tfds(spec, tfds_dirs["raw"], **options)
+
+
+DEPTH_EXAMPLES = 4
+EMPTY_CAPTION = 3  # the example written with caption ""
+
+
+def depth(i: int) -> np.ndarray:
+    """uint8 [4 + i, 5, 1] filled with 10 i (its height tells the example)."""
+    return np.full((4 + i, 5, 1), 10 * i, np.uint8)
+
+
+def write_depth_tfds(data_dir: str) -> None:
+    """Prepares "tiny_depth" (array_record, split train): features image (encoded-PNG
+    Image), depth (uint8 Tensor [H, W, 1]) and caption (Text, empty in EMPTY_CAPTION)."""
+    import tensorflow_datasets as tfds
+
+    class TinyDepth(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            features = {
+                "image": tfds.features.Image(shape=(None, None, 3)),
+                "depth": tfds.features.Tensor(
+                    shape=(None, None, 1), dtype=np.uint8, encoding="bytes"
+                ),
+                "caption": tfds.features.Text(),
+            }
+            return tfds.core.DatasetInfo(
+                builder=self, features=tfds.features.FeaturesDict(features)
+            )
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            for i in range(DEPTH_EXAMPLES):
+                text = "" if i == EMPTY_CAPTION else caption(i)
+                png = io.BytesIO(encode(image(i), "PNG"))
+                yield i, {"image": png, "depth": depth(i), "caption": text}
+
+    TinyDepth(data_dir=data_dir, file_format="array_record").download_and_prepare()
+
+
+REQUESTS = (
+    FieldRequest("image", None, True),
+    FieldRequest("text", None, False),
+    FieldRequest("depth", None, True),
+    FieldRequest("audio", None, True),  # no such feature: not served
+)
+
+
+def test_requests_serve_an_extra_depth_feature(tmp_path):
+    write_depth_tfds(str(tmp_path))
+    src = open_tfds("tfds:tiny_depth:train", str(tmp_path), requests=REQUESTS)
+    assert src.provides == {"image", "text", "depth"}
+    assert src.available_fields == ["caption", "depth", "image"]
+    assert "requests=(FieldRequest(key='image', name=None, binary=True), " in repr(src)
+    seen = []
+    for index in range(len(src)):
+        try:
+            record = src[index]
+        except BadRecord as e:
+            assert re.fullmatch(
+                r"tfds:tiny_depth:train example \d: empty feature 'caption'", str(e)
+            )
+            seen.append(EMPTY_CAPTION)
+            continue
+        i = record["depth"].shape[0] - 4  # TFDS reorders the examples
+        seen.append(i)
+        assert set(record) == {"image", "text", "depth", "label", "id", "where"}
+        np.testing.assert_array_equal(record["depth"], depth(i))
+        assert record["text"] == caption(i).encode() and record["label"] == -1
+        assert isinstance(record["image"], bytes)  # undecoded
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(record["image"]))), image(i))
+    assert sorted(seen) == list(range(DEPTH_EXAMPLES))
+    legacy = open_tfds("tfds:tiny_depth:train", str(tmp_path))
+    assert legacy.provides == {"image", "caption"} and "requests" not in repr(legacy)
+    assert set(legacy[0]) == {"image", "caption", "label", "id", "where"}
+
+
+def test_a_request_for_a_missing_feature_is_not_served(tfds_dirs):
+    src = open_tfds("tfds:tiny_captions:train", tfds_dirs["raw"], requests=REQUESTS)
+    assert src.provides == {"image", "text"}
+    assert set(src[0]) == {"image", "text", "label", "id", "where"}
+    assert src[0]["image"].dtype == np.uint8 and src[0]["label"] >= 0
+    # With requests the image feature is not required.
+    src = open_tfds(
+        "tfds:tiny_captions:train", tfds_dirs["raw"], tfds_image_key="img", requests=REQUESTS
+    )
+    assert src.provides == {"text"}

@@ -1,16 +1,20 @@
 """wds: sources: shard patterns, tar indexing and reading against PIL, empty / missing /
-truncated shards and bad samples (counted skips, or errors in strict mode)."""
+truncated shards and bad samples (counted skips, or errors in strict mode), field
+requests (wav members, json fields, missing members)."""
 
 import io
+import json
 import re
 import tarfile
 
 import numpy as np
 import pytest
+import soundfile
 from data_fixtures import NUM_CLASSES, add_member, caption, encode, image, write_wds_shard
 from PIL import Image
 
 from multimodal_ssl.data import pipeline, sources, tokenizers
+from multimodal_ssl.data.fields import FieldRequest
 from multimodal_ssl.data.records import BadRecord
 from multimodal_ssl.data.wds_source import expand_braces, expand_shards
 
@@ -153,3 +157,88 @@ def test_label_key_picks_a_member_or_json_field(tmp_path):
         add_member(tar, "b.json", b'{"caption": "x", "fine": 5}')
     (tmp_path / "m.tar").write_bytes(data.getvalue())
     assert open_wds(f"{tmp_path}/m.tar", label_key="fine")[0]["label"] == 5
+
+
+AUDIO_RATE = 8000
+
+
+def wav(i: int) -> bytes:
+    """A 0.1 s tone of 200 * (i + 1) Hz at AUDIO_RATE, WAV-encoded."""
+    t = np.arange(AUDIO_RATE // 10) / AUDIO_RATE
+    buf = io.BytesIO()
+    soundfile.write(buf, 0.5 * np.sin(2 * np.pi * 200 * (i + 1) * t), AUDIO_RATE, format="WAV")
+    return buf.getvalue()
+
+
+def audio_shard(path, ids, *, members=None):
+    """One tar of samples s{i}: .jpg, .txt, .wav, .json {"caption", "lang"} (for sample i,
+    only the extensions ``members.get(i)`` when given; b"" for an "empty EXT" entry)."""
+    with tarfile.open(path, "w") as tar:
+        for i in ids:
+            data = {
+                "jpg": encode(image(i), "JPEG"),
+                "txt": caption(i).encode(),
+                "wav": wav(i),
+                "json": json.dumps({"caption": f"json {caption(i)}", "lang": "en"}).encode(),
+            }
+            for ext in (members or {}).get(i, data):
+                name = ext.removeprefix("empty ")
+                add_member(tar, f"s{i}.{name}", b"" if ext.startswith("empty") else data[name])
+    return str(path)
+
+
+REQUESTS = (
+    FieldRequest("image", None, True),
+    FieldRequest("text", None, False),
+    FieldRequest("audio", "wav", True),
+    FieldRequest("lang", None, False),  # no .lang member: the json field
+    FieldRequest("depth", "depth.png", True),  # no such member: not served
+)
+
+
+def test_requests_serve_members_by_extension_and_json_fields(tmp_path):
+    src = open_wds(audio_shard(tmp_path / "a-0.tar", range(3)), requests=REQUESTS)
+    assert src.provides == {"image", "text", "audio", "lang"}
+    assert src.available_fields == ["jpg", "json", "txt", "wav"]
+    record = src[2]
+    assert set(record) == {"image", "text", "audio", "lang", "label", "id", "where"}
+    assert record["image"] == encode(image(2), "JPEG") and record["audio"] == wav(2)
+    assert record["text"] == caption(2) and record["lang"] == "en" and record["label"] == -1
+    wave, rate = soundfile.read(io.BytesIO(record["audio"]))
+    assert rate == AUDIO_RATE and wave.shape == (AUDIO_RATE // 10,)
+    assert "requests=(FieldRequest(key='image', name=None, binary=True), " in repr(src)
+    assert repr(src) == repr(open_wds(f"{tmp_path}/a-0.tar", requests=REQUESTS))
+    legacy = open_wds(f"{tmp_path}/a-0.tar")
+    assert legacy.provides == {"image", "caption"}
+    assert set(legacy[2]) == {"image", "caption", "label", "id", "where"}
+    assert legacy[2]["caption"] == caption(2).encode()
+    assert repr(legacy) == f"WdsSource('{tmp_path}/a-0.tar', shards=1, samples=3)"
+
+
+def test_a_text_request_falls_back_to_the_json_caption(tmp_path):
+    shard = audio_shard(tmp_path / "j.tar", [0, 1], members={0: ["jpg", "json"], 1: ["jpg"]})
+    src = open_wds(shard, requests=REQUESTS)
+    assert src.provides == {"image", "text", "lang"}
+    assert src[0]["text"] == f"json {caption(0)}"
+    with pytest.raises(BadRecord, match=r"sample s1: no 'txt' member nor json field 'caption'"):
+        src[1]
+    # A binary request reads members only; a member seen nowhere is not served.
+    binary = [FieldRequest("text", None, True), FieldRequest("audio", "wav", True)]
+    assert open_wds(shard, requests=binary).provides == frozenset()
+
+
+@pytest.mark.parametrize(
+    "members, reason",
+    [
+        (["jpg", "txt"], r"no 'wav' member"),
+        (["jpg", "txt", "empty wav"], r"empty 'wav' member"),
+        (["txt", "wav"], r"no image member \(jpg/jpeg/png/webp\)"),
+        (["jpg", "empty txt", "wav"], r"empty 'txt' member"),
+    ],
+)
+def test_a_sample_missing_a_requested_member_names_it(tmp_path, members, reason):
+    shard = audio_shard(tmp_path / "m.tar", [0, 1], members={1: members})
+    src = open_wds(shard, requests=REQUESTS[:3])
+    assert src.provides == {"image", "text", "audio"} and src[0]["audio"] == wav(0)
+    with pytest.raises(BadRecord, match=rf"m\.tar sample s1: {reason}"):
+        src[1]

@@ -38,7 +38,7 @@ def load_npz(path: str, *, text_pool: str = "last") -> Checkpoint:
 
 
 def save_npz(params: Mapping[str, Any], path: str) -> None:
-    """Writes our TwoTower ``params`` as a big_vision two-tower ``.npz`` (``params/...``
+    """Writes our image/text ``params`` as a big_vision two-tower ``.npz`` (``params/...``
     keys, ``t``/``b`` of shape ``[1]``), loadable by big_vision and by :func:`load_npz`."""
     flat = {}
     for key, value in flatten(params).items():

@@ -1,11 +1,12 @@
 """Shared pieces of the checkpoint converters: the converted-checkpoint record, the
 model config read off a param tree's shapes, and the shape check against our model.
 
-Both converters first build a param tree in our :class:`~multimodal_ssl.models.TwoTower`
-layout (big_vision names: ``img/...``, ``txt/...``, ``t``, ``b``), then call
+Both converters first build a param tree in our image/text
+:class:`~multimodal_ssl.models.MultiTower` layout (big_vision names: ``img/...``,
+``txt/...``, ``t``, ``b``), then call
 :func:`checkpoint_from_params`, which infers every size from the arrays themselves
 (width, depth, mlp_dim, heads, patch, vocabulary, text length, poolings, heads) and
-checks the tree against ``TwoTower.init``'s shapes, naming the file and the path of
+checks the tree against ``MultiTower.init``'s shapes, naming the file and the path of
 any missing, unexpected or mis-shaped array.
 """
 
@@ -24,14 +25,17 @@ import ml_collections
 import numpy as np
 
 from multimodal_ssl.models.layout import unscan_layers
-from multimodal_ssl.models.towers import TwoTower
+from multimodal_ssl.models.towers import MultiTower
+
+# The objective scalars a two-tower SigLIP checkpoint holds next to the towers.
+SCALARS = {"t": (), "b": ()}
 
 
 @dataclasses.dataclass(frozen=True)
 class Checkpoint:
     """A converted two-tower checkpoint.
 
-    ``params``: our TwoTower tree of float32 numpy arrays (``t``, ``b`` are 0-d).
+    ``params``: our image/text MultiTower tree of float32 numpy arrays (``t``, ``b`` are 0-d).
     ``model``: the ``config.model`` sub-tree that builds a matching model (keys
     ``image``, ``text``, ``embed_dim``, ``t_init``, ``b_init``; ``t_init``/``b_init`` are
     the imported values). ``image_size``: input side the image tower was trained at
@@ -45,19 +49,20 @@ class Checkpoint:
     max_text_len: int
     source: str
 
-    def build_model(self, dtype: str = "float32") -> TwoTower:
-        """The :class:`TwoTower` these params belong to, computing in ``dtype``."""
+    def build_model(self, dtype: str = "float32") -> MultiTower:
+        """The image/text :class:`MultiTower` these params belong to, computing in ``dtype``."""
         return model_from_config(self.model, dtype)
 
 
-def model_from_config(model_cfg: ml_collections.ConfigDict, dtype: str = "float32") -> TwoTower:
-    """``config.model``-style ConfigDict -> :class:`TwoTower`."""
-    return TwoTower(
-        image=model_cfg.image.to_dict(),
-        text=model_cfg.text.to_dict(),
+def model_from_config(model_cfg: ml_collections.ConfigDict, dtype: str = "float32") -> MultiTower:
+    """``Checkpoint.model`` (``image``, ``text`` tower kwargs, ``embed_dim``) -> the
+    image/text :class:`MultiTower`."""
+    return MultiTower(
+        towers={
+            "image": {"type": "vit", **model_cfg.image.to_dict()},
+            "text": {"type": "text", **model_cfg.text.to_dict()},
+        },
         embed_dim=model_cfg.embed_dim,
-        t_init=model_cfg.t_init,
-        b_init=model_cfg.b_init,
         dtype=dtype,
     )
 
@@ -170,19 +175,21 @@ def checkpoint_from_params(
     return Checkpoint(params, model, image_size, text["max_len"], source)
 
 
-def expected_shapes(model: TwoTower, image_size: int) -> dict[str, tuple[int, ...]]:
-    """``{path: shape}`` of ``model``'s params for square images of ``image_size``."""
-    text_len = model.text["max_len"]
-    abstract = jax.eval_shape(
-        model.init,
-        jax.random.key(0),
-        jnp.zeros((1, image_size, image_size, 3), jnp.float32),
-        jnp.zeros((1, text_len), jnp.int32),
-    )["params"]
-    return {k: tuple(v.shape) for k, v in flatten(abstract).items()}
+def expected_shapes(model: MultiTower, image_size: int) -> dict[str, tuple[int, ...]]:
+    """``{path: shape}`` of an image/text ``model``'s params for square images of
+    ``image_size``, plus the SigLIP scalars ``t`` and ``b``."""
+    text_len = model.towers["text"]["max_len"]
+    inputs = {
+        "image": jnp.zeros((1, image_size, image_size, 3), jnp.float32),
+        "text": jnp.zeros((1, text_len), jnp.int32),
+    }
+    abstract = jax.eval_shape(model.init, jax.random.key(0), inputs)["params"]
+    return {**{k: tuple(v.shape) for k, v in flatten(abstract).items()}, **SCALARS}
 
 
-def check_params(params: Mapping[str, Any], model: TwoTower, image_size: int, source: str) -> None:
+def check_params(
+    params: Mapping[str, Any], model: MultiTower, image_size: int, source: str
+) -> None:
     """Raises ValueError listing every path of ``params`` that is missing, unexpected
     or has a different shape than ``model`` (for ``image_size`` inputs) expects.
 

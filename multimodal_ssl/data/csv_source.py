@@ -9,6 +9,13 @@ ids. A missing named column is an error naming the file, the key and the columns
 has. Row problems (too few fields, a missing or unreadable image, an empty or
 non-UTF-8 caption, a non-integer label) are :class:`~.records.BadRecord` errors naming
 ``PATH row R (line L)``, raised when the row is read.
+
+With field requests (:mod:`.fields`) the record holds one field per request instead:
+a request's column is its ``name``, by default the image column for key ``image``, the
+caption column for ``text`` / ``caption`` and the key itself for any other key. A
+``binary`` request's column holds file paths (read like the images), another's its
+string. A request whose column the header lacks is not served (``provides``); a served
+column that is missing or empty in a row is a BadRecord naming the column.
 """
 
 from __future__ import annotations
@@ -21,7 +28,31 @@ from typing import Any
 
 import numpy as np
 
+from multimodal_ssl.data.fields import FieldRequest
 from multimodal_ssl.data.records import BadRecord, parse_label, read_file
+
+# Record keys a source always fills: no field request may use them.
+RESERVED_KEYS = ("label", "id", "where")
+
+
+def checked_requests(requests: Sequence[FieldRequest]) -> tuple[FieldRequest, ...]:
+    """``requests`` as a tuple; ValueError for a repeated or reserved key."""
+    requests = tuple(requests)
+    keys = [r.key for r in requests]
+    for key in keys:
+        if key in RESERVED_KEYS or keys.count(key) > 1:
+            raise ValueError(
+                f"field request key {key!r}: repeated, or reserved ({list(RESERVED_KEYS)}); "
+                f"the requests are {requests}"
+            )
+    return requests
+
+
+def is_empty(value: Any) -> bool:
+    """True for None and for text or bytes that are empty or only whitespace."""
+    return value is None or (
+        isinstance(value, str | bytes | bytearray | np.bytes_) and not value.strip()
+    )
 
 
 class StringColumn:
@@ -51,13 +82,26 @@ class CsvSource:
 
     ``source[i]`` -> {"image": encoded bytes, "caption": str (may carry surrogate escapes
     for non-UTF-8 bytes), "label": int (-1 without a label column), "id": i, "where":
-    location}; raises BadRecord for a bad row.
+    location}; raises BadRecord for a bad row. With ``requests``: {request.key: file
+    bytes (``binary``) or the column's str, for each request in ``provides``, "label",
+    "id", "where"}.
+
+    Attributes: ``provides`` (the record keys served: ``image`` and ``caption`` without
+    requests), ``available_fields`` (the header's columns).
     """
 
     classnames = None
     templates = None
 
-    def __init__(self, path: str, *, image_key: str, caption_key: str, label_key: str | None):
+    def __init__(
+        self,
+        path: str,
+        *,
+        image_key: str,
+        caption_key: str,
+        label_key: str | None,
+        requests: Sequence[FieldRequest] | None = None,
+    ):
         self.path = os.path.abspath(path)
         self._root = os.path.dirname(self.path)
         try:
@@ -71,30 +115,42 @@ class CsvSource:
         header = [h.strip() for h in next(reader, [])]
         if not header:
             raise ValueError(f"csv:{path}: the file is empty (expected a header line)")
+        self.available_fields = header
 
-        def column(key: str, config_key: str) -> int:
+        def column(key: str, config_key: str) -> str:
             if key not in header:
                 raise ValueError(
                     f"csv:{path}: no column {key!r} ({config_key}); the header has {header}"
                 )
-            return header.index(key)
+            return key
 
-        cols = {
-            "image": column(image_key, "config data.csv_image_key"),
-            "caption": column(caption_key, "config data.csv_caption_key"),
-        }
+        self.requests = None if requests is None else checked_requests(requests)
+        # (record key, column, binary) of each field served.
+        self._fields: list[tuple[str, str, bool]]
+        if self.requests is None:
+            self._fields = [
+                ("image", column(image_key, "config data.csv_image_key"), True),
+                ("caption", column(caption_key, "config data.csv_caption_key"), False),
+            ]
+        else:
+            default = {"image": image_key, "text": caption_key, "caption": caption_key}
+            named = [(r.key, r.name or default.get(r.key, r.key), r.binary) for r in self.requests]
+            self._fields = [f for f in named if f[1] in header]
+        self.provides = frozenset(key for key, _, _ in self._fields)
         if label_key is not None:
-            cols["label"] = column(label_key, "the eval's label_key")
-        elif "label" in header:
-            cols["label"] = header.index("label")
-        self.keys = (image_key, caption_key, header[cols["label"]] if "label" in cols else None)
-        values: dict[str, list[str | None]] = {name: [] for name in cols}
+            self._label = column(label_key, "the eval's label_key")
+        else:
+            self._label = "label" if "label" in header else None
+        self.keys = (image_key, caption_key, self._label)
+        names = list(dict.fromkeys([c for _, c, _ in self._fields] + [self._label]))
+        indices = {name: header.index(name) for name in names if name is not None}
+        values: dict[str, list[str | None]] = {name: [] for name in indices}
         lines = []
         for row in reader:
             if not row:  # blank line
                 continue
             lines.append(reader.line_num)
-            for name, index in cols.items():
+            for name, index in indices.items():
                 values[name].append(row[index] if index < len(row) else None)
         self._columns = {name: StringColumn(v) for name, v in values.items()}
         self._lines = np.asarray(lines, np.int64)
@@ -105,30 +161,36 @@ class CsvSource:
     def where(self, index: int) -> str:
         return f"{self.path} row {index + 1} (line {self._lines[index]})"
 
+    def _read_path(self, value: str, column: str, where: str) -> bytes:
+        """The bytes of the file a ``column`` field names (relative to the CSV's folder)."""
+        path = value.strip()
+        if not path:
+            raise BadRecord(where, f"empty {column!r} field")
+        return read_file(path if os.path.isabs(path) else os.path.join(self._root, path), where)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = int(index)
         where = self.where(index)
-        fields = {name: col[index] for name, col in self._columns.items()}
-        missing = [
-            self.keys[i]
-            for i, n in enumerate(("image", "caption", "label"))
-            if n in fields and fields[n] is None
-        ]
+        values = {name: col[index] for name, col in self._columns.items()}
+        missing = [name for name, value in values.items() if value is None]
         if missing:
             raise BadRecord(where, f"row has no field for column(s) {missing}")
-        image_path = fields["image"].strip()
-        if not image_path:
-            raise BadRecord(where, f"empty {self.keys[0]!r} field")
-        if not os.path.isabs(image_path):
-            image_path = os.path.join(self._root, image_path)
-        label = parse_label(fields["label"], where) if "label" in fields else -1
-        return {
-            "image": read_file(image_path, where),
-            "caption": fields["caption"],
-            "label": label,
-            "id": index,
-            "where": where,
-        }
+        record: dict[str, Any] = {}
+        for key, column, binary in self._fields:
+            value = values[column]
+            if binary:
+                record[key] = self._read_path(value, column, where)
+            elif self.requests is not None and is_empty(value):
+                raise BadRecord(where, f"empty {column!r} field")
+            else:
+                record[key] = value
+        record["label"] = -1 if self._label is None else parse_label(values[self._label], where)
+        return {**record, "id": index, "where": where}
 
     def __repr__(self) -> str:
-        return f"CsvSource({self.path!r}, keys={self.keys}, rows={len(self)})"
+        if self.requests is None:
+            return f"CsvSource({self.path!r}, keys={self.keys}, rows={len(self)})"
+        return (
+            f"CsvSource({self.path!r}, keys={self.keys}, requests={self.requests}, "
+            f"rows={len(self)})"
+        )

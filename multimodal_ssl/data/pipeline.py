@@ -26,15 +26,20 @@ replaces it: in a finite run, drops after the last full batch are not counted. W
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import grain
 import numpy as np
 from absl import flags, logging
 
-from multimodal_ssl.data.preprocess import Preprocess
-from multimodal_ssl.data.records import SKIP_LOG, BadRecord, decode_caption, decode_image
+from multimodal_ssl.data.modalities import (
+    ImageProcessor,
+    Processor,
+    TextProcessor,
+    make_processors,
+)
+from multimodal_ssl.data.records import SKIP_LOG, BadRecord
 from multimodal_ssl.data.sources import DEFAULT_PP, DataOptions, Source, open_train_sources
 from multimodal_ssl.data.tokenizers import Tokenizer
 
@@ -48,59 +53,92 @@ MAX_CONSECUTIVE_SKIPS = 1000
 
 
 class ReadExample:
-    """``(index, rng) -> record``: reads ``source[index]``, decodes the image, applies the
-    geometric ops of ``preprocess`` and checks the caption. An unreadable example gives
+    """``(index, rng) -> record``: reads ``source[index]`` and runs every modality's
+    :class:`~.modalities.Processor` ``read`` on its field (decode, geometric ops, caption
+    checks). A modality the source does not provide at all gets the processor's
+    ``absent`` value and ``present[m] = False``. An unreadable example gives
     ``{"skip": message}`` (logged the first times) or, with ``strict``, raises."""
 
     def __init__(
-        self, source: Source, preprocess: Preprocess, *, id_offset: int = 0, strict: bool = False
+        self,
+        source: Source,
+        processors: Mapping[str, Processor],
+        *,
+        id_offset: int = 0,
+        strict: bool = False,
     ):
-        self.source, self.preprocess = source, preprocess
+        self.source, self.processors = source, dict(processors)
         self.id_offset, self.strict = id_offset, strict
-        self.has_captions = getattr(source, "has_captions", True)
+        self.provided = {m for m, p in self.processors.items() if _provides(source, m, p)}
 
     def __call__(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
         try:
             raw = self.source[int(index)]
             where = raw.get("where") or f"{self.source!r} example {index}"
-            image = decode_image(raw["image"], where, self.preprocess.draft_size)
-            caption = decode_caption(raw["caption"], where) if self.has_captions else ""
+            record = {
+                m: p.read(raw[_raw_key(raw, m, p)], where, rng)
+                if m in self.provided
+                else p.absent()
+                for m, p in self.processors.items()
+            }
         except BadRecord as e:
             if self.strict:
                 raise
             SKIP_LOG(e)
             return {"skip": str(e)}
-        image = self.preprocess(image, rng)
-        size = self.preprocess.image_size
-        if image.shape != (size, size, 3):
-            raise ValueError(
-                f"record id {raw['id']} ({where}): image must be uint8 [{size}, {size}, 3] "
-                f"after the ops {self.preprocess.spec!r}, got {image.dtype} {list(image.shape)}; "
-                f"end them with a fixed-size op such as center_crop or random_resized_crop"
-            )
-        return {
-            "image": image,
-            "caption": caption,
-            "label": raw["label"],
-            "id": self.id_offset + raw["id"],
-        }
+        record["present"] = {m: m in self.provided for m in self.processors}
+        record["label"] = raw["label"]
+        record["id"] = self.id_offset + raw["id"]
+        return record
+
+
+def _provides(source: Source, modality: str, processor: Processor) -> bool:
+    """Whether ``source`` has ``modality``'s field (sources without ``provides`` have all;
+    a legacy two-field record's ``caption`` serves the text modality)."""
+    legacy = not source_requests(source)
+    if legacy and processor.kind == "text" and getattr(source, "has_captions", True) is False:
+        return False
+    provides = getattr(source, "provides", None)
+    if provides is None or modality in provides:
+        return True
+    return legacy and processor.kind == "text" and "caption" in provides
+
+
+def source_requests(source: Source) -> tuple:
+    """The field requests ``source`` was opened with (empty for a legacy source)."""
+    return tuple(getattr(source, "requests", None) or ())
+
+
+def _raw_key(raw: Mapping[str, Any], modality: str, processor: Processor) -> str:
+    """The key of ``modality``'s field in ``raw``: the modality name (sources serving
+    field requests), else the legacy two-field record's ``image`` / ``caption``."""
+    if modality in raw:
+        return modality
+    return "caption" if processor.kind == "text" else processor.field
 
 
 class Collate:
     """Records -> one batch (uint8 images; the value op runs later, on the whole batch)
-    plus ``skipped``: how many unreadable examples were dropped while filling it."""
+    plus ``skipped``: how many unreadable examples were dropped while filling it, and
+    ``mask/<m>`` (bool [b]) for each modality in ``masked``."""
 
-    def __init__(self, tokenizer: Tokenizer):
-        self.tokenizer = tokenizer
+    def __init__(self, processors: Mapping[str, Processor], masked: Sequence[str] = ()):
+        self.processors, self.masked = dict(processors), tuple(masked)
 
     def __call__(self, records: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
-        return {
-            "image": np.stack([r["image"] for r in records]),
-            "text": self.tokenizer.encode([r["caption"] for r in records]),
-            "label": np.array([r["label"] for r in records], np.int32),
-            "id": np.array([r["id"] for r in records], np.int64),
-            "skipped": np.array(sum(r["skipped"] for r in records), np.int64),
-        }
+        batch = {m: p.collate([r[m] for r in records]) for m, p in self.processors.items()}
+        for m in self.masked:
+            batch[f"mask/{m}"] = np.array([r["present"][m] for r in records], bool)
+        batch["label"] = np.array([r["label"] for r in records], np.int32)
+        batch["id"] = np.array([r["id"] for r in records], np.int64)
+        batch["skipped"] = np.array(sum(r["skipped"] for r in records), np.int64)
+        return batch
+
+
+def finish_batch(batch: dict[str, np.ndarray], processors: Mapping[str, Processor]) -> None:
+    """Runs every processor's batch stage in place (the image value ops)."""
+    for m, p in processors.items():
+        batch[m] = p.finish(batch[m])
 
 
 class _DropSkipped(grain.IterDataset):
@@ -145,13 +183,15 @@ class TrainLoader(grain.IterDataset):
     def __init__(
         self,
         parent: grain.IterDataset,
-        preprocess: Preprocess,
+        processors: Mapping[str, Processor],
         fingerprint: str,
         skipped_at_open: int,
+        masked: Sequence[str] = (),
     ):
         super().__init__(parent)
-        self.preprocess, self.fingerprint = preprocess, fingerprint
+        self.processors, self.fingerprint = dict(processors), fingerprint
         self.skipped_at_open = skipped_at_open
+        self.masked = tuple(masked)  # modalities some sources lack: batches carry mask/<m>
 
     def __iter__(self) -> TrainIterator:
         return TrainIterator(self._parent.__iter__(), self)
@@ -172,7 +212,7 @@ class TrainIterator(grain.DatasetIterator):
     def __next__(self) -> dict[str, np.ndarray]:
         batch = dict(next(self._parent))
         self.skipped += int(batch.pop("skipped"))
-        batch["image"] = self._loader.preprocess.normalize(batch["image"])
+        finish_batch(batch, self._loader.processors)
         return batch
 
     def skipped_all_processes(self) -> int:
@@ -217,8 +257,9 @@ def make_train_loader(
     *,
     batch_size: int,
     seed: int,
-    tokenizer: Tokenizer,
-    image_size: int,
+    processors: Mapping[str, Processor] | None = None,
+    tokenizer: Tokenizer | None = None,
+    image_size: int | None = None,
     preprocess: str = DEFAULT_PP,
     strict: bool = False,
     shard_index: int = 0,
@@ -234,8 +275,10 @@ def make_train_loader(
         from the sources in proportion to the weights, each repeated on its own.
       batch_size: examples per batch of this process (incomplete last batch dropped).
       seed: shuffle / augmentation seed (a new order each epoch).
-      tokenizer, image_size: text ids [b, max_len]; images [b, S, S, 3].
-      preprocess: the pp spec (``data.pp_train``; :mod:`.preprocess`).
+      processors: ``{modality: Processor}`` (:func:`.modalities.make_processors`); the
+        batch has one entry per modality. None: the image/text pair of ``tokenizer``
+        (text ids [b, max_len]), ``image_size`` and ``preprocess`` (images [b, S, S, 3],
+        the pp spec; :mod:`.preprocess`).
       strict: raise on the first unreadable example instead of skipping it.
       shard_index, shard_count: each source is cut into ``shard_count`` contiguous,
         equal shards (remainder dropped); this process reads shard ``shard_index``, so
@@ -258,7 +301,8 @@ def make_train_loader(
         raise ValueError(f"seed: the shuffle seed must be an int in [0, 2**32), got {seed!r}")
     if num_epochs is not None:
         _check_int("num_epochs", num_epochs, 1)
-    pp = Preprocess(preprocess, image_size)
+    if processors is None:
+        processors = image_text_processors(tokenizer, image_size, preprocess)
     per_shard = [len(source) // shard_count for source, _ in mixture]
     if sum(per_shard) < batch_size or min(per_shard) < 1:
         names = ", ".join(repr(s) for s, _ in mixture)
@@ -268,20 +312,25 @@ def make_train_loader(
         )
     components, offset = [], 0
     for i, ((source, _), per) in enumerate(zip(mixture, per_shard, strict=True)):
-        if getattr(source, "has_captions", True) is False:
+        if (
+            getattr(source, "has_captions", True) is False
+            and not source_requests(source)
+            and any(p.kind == "text" for p in processors.values())
+        ):
             raise ValueError(f"{source!r} has no captions: it can be evaluated, not trained on")
         shuffle_seed, map_seed = _seeds(seed, i)
         start = shard_index * per
         ds = grain.MapDataset.range(start, start + per).shuffle(seed=shuffle_seed)
         ds = ds.repeat(num_epochs).random_map(
-            ReadExample(source, pp, id_offset=offset, strict=strict), seed=map_seed
+            ReadExample(source, processors, id_offset=offset, strict=strict), seed=map_seed
         )
         components.append(ds)
         offset += len(source)
+    masked = check_modalities([s for s, _ in mixture], processors)
     weights = [float(w) for _, w in mixture]
     ds = components[0] if len(components) == 1 else grain.MapDataset.mix(components, weights)
     it = _DropSkipped(ds.to_iter_dataset(grain.ReadOptions(read_threads, READ_PREFETCH)))
-    it = it.batch(batch_size, drop_remainder=True, batch_fn=Collate(tokenizer))
+    it = it.batch(batch_size, drop_remainder=True, batch_fn=Collate(processors, masked))
     if worker_count:
         if not flags.FLAGS.is_parsed():
             # grain's worker processes read absl flags (e.g. its profiling switch); outside
@@ -290,25 +339,65 @@ def make_train_loader(
         it = it.mp_prefetch(grain.MultiprocessingOptions(worker_count, per_worker_buffer_size=2))
     fingerprint = (
         f"sources={[(repr(s), w) for s, w in mixture]} shard={shard_index}/{shard_count} "
-        f"batch={batch_size} seed={seed} epochs={num_epochs} workers={worker_count}"
+        f"batch={batch_size} seed={seed} epochs={num_epochs} workers={worker_count} "
+        f"modalities={[p.fingerprint() for p in processors.values()]}"
     )
     skipped_at_open = sum(len(getattr(s, "problems", ())) for s, _ in mixture)
-    return TrainLoader(it, pp, fingerprint, skipped_at_open)
+    return TrainLoader(it, processors, fingerprint, skipped_at_open, masked)
+
+
+def image_text_processors(
+    tokenizer: Tokenizer, image_size: int, preprocess: str = DEFAULT_PP
+) -> dict[str, Processor]:
+    """The classic pair: ``image`` (``preprocess`` at ``image_size``) and ``text``."""
+    if tokenizer is None or image_size is None:
+        raise ValueError("give processors, or tokenizer and image_size (image/text pair)")
+    return {
+        "image": ImageProcessor("image", None, preprocess, image_size),
+        "text": TextProcessor("text", None, tokenizer),
+    }
+
+
+def check_modalities(sources: Sequence[Source], processors: Mapping[str, Processor]) -> list[str]:
+    """The modalities that only some of ``sources`` provide (their examples are masked
+    where absent). ValueError naming the modality and ``config.data.fields.<m>`` when
+    no source provides one."""
+    masked = []
+    for m, p in processors.items():
+        having = [s for s in sources if _provides(s, m, p)]
+        if not having:
+            fields = sorted({f for s in sources for f in getattr(s, "available_fields", ())})
+            raise ValueError(
+                f"modality {m!r}: no data source has its field {p.field!r} (config.data.fields"
+                f".{m}; sources: {', '.join(repr(s) for s in sources)}"
+                + (f"; their fields: {fields}" if fields else "")
+                + ")"
+            )
+        if len(having) < len(sources):
+            lacking = [repr(s) for s in sources if s not in having]
+            logging.warning("Modality %r is masked in the examples of %s", m, ", ".join(lacking))
+            masked.append(m)
+    return masked
 
 
 def train_loader_from_config(
-    config: Any, *, batch_size: int, tokenizer: Tokenizer, shard_index: int, shard_count: int
+    config: Any,
+    *,
+    batch_size: int,
+    shard_index: int,
+    shard_count: int,
+    tokenizer: Tokenizer | None = None,
 ) -> TrainLoader:
-    """:func:`make_train_loader` for ``config.data`` (sources, pp_train, strict, worker
-    and thread counts) and ``config.seed``."""
+    """:func:`make_train_loader` for ``config.data`` (sources, one processor per tower of
+    ``config.model.towers``, strict, worker and thread counts) and ``config.seed``."""
     data = config.data
+    processors = make_processors(config, train=True, tokenizer=tokenizer)
+    requests = tuple(p.request for p in processors.values())
     return make_train_loader(
-        open_train_sources(data, config.seed),
+        open_train_sources(data, config.seed, requests),
         batch_size=batch_size,
         seed=config.seed,
-        tokenizer=tokenizer,
-        image_size=data.image_size,
-        preprocess=data.pp_train,
+        processors=processors,
         strict=data.strict,
         shard_index=shard_index,
         shard_count=shard_count,
@@ -321,6 +410,9 @@ class EvalBatches:
     """One ordered pass over ``source[:num_examples]`` in batches of ``batch_size``
     (the last one may be smaller); iterable any number of times, each pass identical.
 
+    Batches hold one entry per processor (``processors``, or the image/text pair of
+    ``tokenizer`` and ``image_size`` read with ``options.pp_eval``), ``mask/<m>`` for
+    the modalities the source lacks, ``label`` and ``id``.
     Attributes: ``num_examples`` (examples attempted per pass), ``skipped`` (unreadable
     examples dropped in the last pass); ``len()`` is the number of batches when none
     are dropped.
@@ -331,8 +423,9 @@ class EvalBatches:
         source: Source,
         *,
         batch_size: int,
-        tokenizer: Tokenizer,
-        image_size: int,
+        processors: Mapping[str, Processor] | None = None,
+        tokenizer: Tokenizer | None = None,
+        image_size: int | None = None,
         max_examples: int | None = None,
         options: DataOptions | dict | None = None,
     ):
@@ -344,9 +437,12 @@ class EvalBatches:
         self.batch_size = batch_size
         self.num_examples = len(source) if max_examples is None else min(max_examples, len(source))
         self.skipped = 0
-        self._pp = Preprocess(options.pp_eval, image_size)
-        self._read = ReadExample(source, self._pp, strict=options.strict)
-        self._collate = Collate(tokenizer)
+        if processors is None:
+            processors = image_text_processors(tokenizer, image_size, options.pp_eval)
+        self.processors = dict(processors)
+        self._read = ReadExample(source, self.processors, strict=options.strict)
+        lacking = [m for m in self.processors if m not in self._read.provided]
+        self._collate = Collate(self.processors, lacking)
 
     def __len__(self) -> int:
         return -(-self.num_examples // self.batch_size)
@@ -361,7 +457,7 @@ class EvalBatches:
             while chunk := list(itertools.islice(records, self.batch_size)):
                 batch = self._collate(chunk)
                 skipped += int(batch.pop("skipped"))
-                batch["image"] = self._pp.normalize(batch["image"])
+                finish_batch(batch, self.processors)
                 yield batch
         finally:
             records.close()
@@ -376,18 +472,20 @@ def make_eval_batches(
     source: Source,
     *,
     batch_size: int,
-    tokenizer: Tokenizer,
-    image_size: int,
+    processors: Mapping[str, Processor] | None = None,
+    tokenizer: Tokenizer | None = None,
+    image_size: int | None = None,
     max_examples: int | None = None,
     options: DataOptions | dict | None = None,
 ) -> EvalBatches:
     """Deterministic, ordered, finite pass over the first ``max_examples`` (None = all)
-    examples of ``source`` in the batch format, preprocessed with ``options.pp_eval``;
-    keeps the last partial batch and drops unreadable examples (raises on them with
+    examples of ``source`` in the batch format (see :class:`EvalBatches`); keeps the last
+    partial batch and drops unreadable examples (raises on them with
     ``options.strict``). Every host runs the full pass."""
     return EvalBatches(
         source,
         batch_size=batch_size,
+        processors=processors,
         tokenizer=tokenizer,
         image_size=image_size,
         max_examples=max_examples,

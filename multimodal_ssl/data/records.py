@@ -39,7 +39,7 @@ def read_file(path: str, where: str, offset: int = 0, size: int | None = None) -
                 f.seek(offset)
             data = f.read() if size is None else f.read(size)
     except FileNotFoundError:
-        raise BadRecord(where, f"image file {path} does not exist") from None
+        raise BadRecord(where, f"file {path} does not exist") from None
     except OSError as e:
         raise BadRecord(where, f"cannot read {path}: {e}") from None
     if size is not None and len(data) < size:

@@ -20,8 +20,11 @@ import functools
 import hashlib
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+
+from multimodal_ssl.data.fields import FieldRequest
 
 SHAPES = ("circle", "square", "triangle", "diamond")
 COLORS = ("red", "orange", "yellow", "green", "blue", "purple")
@@ -285,6 +288,8 @@ class ShapesOptions:
     min_objects, max_objects: objects per scene, uniform in [min, max] (1..9).
     train_examples, test_examples: virtual length of each split.
     test_fraction: share of discrete scene descriptions held out for "test", in (0, 1).
+    audio_sample_rate, audio_seconds: the ``audio`` field's clip (synthesised only when a
+      pipeline asks for it; :mod:`.shapes_audio`).
     """
 
     min_objects: int = 1
@@ -292,9 +297,17 @@ class ShapesOptions:
     train_examples: int = 1_000_000
     test_examples: int = 2048
     test_fraction: float = 0.2
+    audio_sample_rate: int = 16_000
+    audio_seconds: float = 1.0
 
     def __post_init__(self):
-        for name in ("min_objects", "max_objects", "train_examples", "test_examples"):
+        for name in (
+            "min_objects",
+            "max_objects",
+            "train_examples",
+            "test_examples",
+            "audio_sample_rate",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(
@@ -304,6 +317,10 @@ class ShapesOptions:
             raise ValueError(
                 f"generated:shapes options min_objects, max_objects: need 1 <= min <= max <= "
                 f"{len(POSITIONS)}, got {self.min_objects}, {self.max_objects}"
+            )
+        if not isinstance(self.audio_seconds, float | int) or not self.audio_seconds > 0:
+            raise ValueError(
+                f"generated:shapes option audio_seconds: must be > 0, got {self.audio_seconds!r}"
             )
         if not isinstance(self.test_fraction, float | int) or not 0 < self.test_fraction < 1:
             raise ValueError(
@@ -318,11 +335,25 @@ class ShapesSource:
     ``source[i]`` (0 <= i < len) is a dict: image uint8 [S, S, 3], depth float32
     [S, S], caption str, label int (shape+colour class of the first-mentioned object),
     shape_label int, color_label int, id int (= i). Deterministic in (seed, split, i).
+    With field ``requests`` (:mod:`.fields`) the record holds ``record[r.key]`` for each
+    request instead of image/depth/caption; fields: ``image``, ``depth``, ``caption``
+    (also the default of key ``text``) and ``audio`` (f32 [T] waveform at
+    ``options.audio_sample_rate``, synthesised only when requested).
     Attributes ``classnames`` (shape+colour, label order) and ``templates`` serve the
     zero-shot eval.
     """
 
-    def __init__(self, *, split: str, image_size: int, seed: int, options: ShapesOptions):
+    FIELDS = ("image", "depth", "caption", "audio")
+
+    def __init__(
+        self,
+        *,
+        split: str,
+        image_size: int,
+        seed: int,
+        options: ShapesOptions,
+        requests: Sequence[FieldRequest] | None = None,
+    ):
         if split not in SPLITS:
             raise ValueError(f"generated:shapes split: {split!r} is not one of {list(SPLITS)}")
         if not isinstance(image_size, int) or image_size < 1:
@@ -337,6 +368,20 @@ class ShapesSource:
         self.templates = list(TEMPLATES)
         self._length = options.train_examples if split == "train" else options.test_examples
         self._split_id = SPLITS.index(split)
+        self.requests = tuple(requests) if requests is not None else None
+        self._names = {r.key: self._field_name(r) for r in self.requests or ()}
+        self.provides = frozenset(
+            ("image", "depth", "caption")
+            if self.requests is None
+            else (k for k, n in self._names.items() if n in self.FIELDS)
+        )
+        self.available_fields = list(self.FIELDS)
+
+    @staticmethod
+    def _field_name(request: FieldRequest) -> str:
+        if request.name is not None:
+            return request.name
+        return "caption" if request.key == "text" else request.key
 
     def __len__(self) -> int:
         return self._length
@@ -344,17 +389,31 @@ class ShapesSource:
     def __getitem__(self, index: int) -> dict:
         index = int(index)
         scene = self.scene(index)
-        image, depth = render(scene, self.image_size)
         first = scene[0]
-        return {
-            "image": image,
-            "depth": depth,
-            "caption": caption(scene),
+        record = {
             "label": shape_color_label(first.shape, first.color),
             "shape_label": first.shape,
             "color_label": first.color,
             "id": index,
         }
+        if self.requests is None:
+            image, depth = render(scene, self.image_size)
+            return {"image": image, "depth": depth, "caption": caption(scene), **record}
+        names = {n for k, n in self._names.items() if k in self.provides}
+        fields: dict[str, Any] = {}
+        if names & {"image", "depth"}:
+            fields["image"], fields["depth"] = render(scene, self.image_size)
+        if "caption" in names:
+            fields["caption"] = caption(scene)
+        if "audio" in names:
+            from multimodal_ssl.data import shapes_audio  # local: it imports this module
+
+            o = self.options
+            fields["audio"] = shapes_audio.synthesize(
+                scene, sample_rate=o.audio_sample_rate, duration=o.audio_seconds
+            )
+        record.update({k: fields[n] for k, n in self._names.items() if k in self.provides})
+        return record
 
     def scene(self, index: int) -> tuple[SceneObject, ...]:
         """The scene behind ``self[index]``: sampled with
@@ -373,7 +432,8 @@ class ShapesSource:
         )
 
     def __repr__(self) -> str:  # stable: grain checks it when restoring iterator state
+        fields = "" if self.requests is None else f", fields={self._names}"
         return (
             f"ShapesSource(split={self.split!r}, image_size={self.image_size}, "
-            f"seed={self.seed}, options={self.options!r})"
+            f"seed={self.seed}, options={self.options!r}{fields})"
         )

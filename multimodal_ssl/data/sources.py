@@ -38,6 +38,7 @@ from absl import logging
 
 from multimodal_ssl.data import shapes
 from multimodal_ssl.data.csv_source import CsvSource
+from multimodal_ssl.data.fields import FieldRequest
 from multimodal_ssl.data.tfds_source import TfdsSource, parse_tfds_spec
 from multimodal_ssl.data.wds_source import WdsSource
 
@@ -73,6 +74,9 @@ class DataOptions:
     tfds_caption_key: str = "caption"
     strict: bool = False
     pp_eval: str = DEFAULT_PP
+    # The fields the csv/wds/tfds sources read (one per modality, see .fields); None:
+    # the classic record of ``image`` and ``caption``.
+    requests: tuple[FieldRequest, ...] | None = None
 
     @classmethod
     def from_config(cls, data_config: Mapping[str, Any], **overrides: Any) -> DataOptions:
@@ -202,9 +206,12 @@ def parse_mixture(value: Any, key: str = "config.data.train") -> list[tuple[str,
     return pairs
 
 
-def open_train_sources(data_config: Mapping[str, Any], seed: int) -> list[tuple[Source, float]]:
-    """The sources and weights of ``data_config.train`` (``default_split="train"``)."""
-    options = DataOptions.from_config(data_config)
+def open_train_sources(
+    data_config: Mapping[str, Any], seed: int, requests: Sequence[FieldRequest] | None = None
+) -> list[tuple[Source, float]]:
+    """The sources and weights of ``data_config.train`` (``default_split="train"``), asked
+    for the fields ``requests`` (one per modality; None: the image/caption pair)."""
+    options = DataOptions.from_config(data_config, requests=requests and tuple(requests))
     return [
         (
             get_source(
@@ -248,6 +255,7 @@ def _generated_source(rest: str, args: SourceArgs) -> Source:
         image_size=args.image_size,
         seed=args.seed,
         options=shapes.ShapesOptions(**args.options.shapes),
+        requests=args.options.requests,
     )
 
 
@@ -266,13 +274,15 @@ def _csv_source(rest: str, args: SourceArgs) -> Source:
         image_key=o.csv_image_key,
         caption_key=o.csv_caption_key,
         label_key=o.label_key,
+        requests=o.requests,
     )
 
 
 @register_source("wds")
 def _wds_source(rest: str, args: SourceArgs) -> Source:
     """``wds:PATTERN`` (braces, globs, ``::``-joined patterns)."""
-    return WdsSource(_path(rest, args, "wds:PATTERN"), label_key=args.options.label_key)
+    o = args.options
+    return WdsSource(_path(rest, args, "wds:PATTERN"), label_key=o.label_key, requests=o.requests)
 
 
 @register_source("tfds")
@@ -287,4 +297,5 @@ def _tfds_source(rest: str, args: SourceArgs) -> Source:
         image_key=o.tfds_image_key,
         caption_key=o.tfds_caption_key,
         label_key=o.label_key,
+        requests=o.requests,
     )

@@ -14,15 +14,25 @@ caption (``data.tfds_caption_key``, default ``caption``) a ``Text`` feature; the
 with ``/`` (``captions/text``); of a sequence the first element is used. A dataset
 without the caption feature can be evaluated (zero-shot) but not trained on
 (``has_captions`` is False).
+
+With field requests (:mod:`.fields`) the record holds one field per request instead: the
+value of the feature ``name`` as stored (``Image`` features undecoded), by default the
+image feature for key ``image``, the caption feature for ``text`` / ``caption`` and the
+key itself for any other key. A request whose feature the dataset lacks is not served
+(``provides``); a served value that is missing or empty text is a BadRecord naming the
+feature.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from multimodal_ssl.data.csv_source import checked_requests, is_empty
+from multimodal_ssl.data.fields import FieldRequest
 from multimodal_ssl.data.records import BadRecord
 
 _VERSION = re.compile(r"\d+\.\d+\.\d+")
@@ -51,7 +61,13 @@ def _get(record: dict[str, Any], key: str) -> Any:
 
 class TfdsSource:
     """``source[i]`` -> {"image": bytes or uint8 array, "caption": bytes (b"" without a
-    caption feature), "label": int (-1 without one), "id": i, "where": ...}."""
+    caption feature), "label": int (-1 without one), "id": i, "where": ...}. With
+    ``requests``: {request.key: the feature's value, for each request in ``provides``,
+    "label", "id", "where"}.
+
+    Attributes: ``provides`` (the record keys served: ``image`` and ``caption`` without
+    requests), ``available_fields`` (the top-level feature names).
+    """
 
     templates = None
 
@@ -64,6 +80,7 @@ class TfdsSource:
         image_key: str,
         caption_key: str,
         label_key: str | None,
+        requests: Sequence[FieldRequest] | None = None,
     ):
         import tensorflow_datasets as tfds  # local: heavy import, only for tfds: specs
 
@@ -96,7 +113,24 @@ class TfdsSource:
                     f"tfds:{name}: no feature {key!r} ({what}); features: {sorted(features)}"
                 ) from None
 
-        image = feature(image_key, "config data.tfds_image_key")
+        self.available_fields = sorted(features)
+        self.requests = None if requests is None else checked_requests(requests)
+        # (record key, feature name) of each request served.
+        self._fields: list[tuple[str, str]] = []
+        if self.requests is None:
+            served = {image_key: feature(image_key, "config data.tfds_image_key")}
+            self.provides = frozenset({"image", "caption"})
+        else:
+            default = {"image": image_key, "text": caption_key, "caption": caption_key}
+            served = {}
+            for r in self.requests:
+                name = r.name or default.get(r.key, r.key)
+                try:
+                    served[name] = _get(features, name)
+                except (KeyError, TypeError):
+                    continue
+                self._fields.append((r.key, name))
+            self.provides = frozenset(key for key, _ in self._fields)
         self.image_key, self.caption_key = image_key, caption_key
         self.has_captions = caption_key.split("/")[0] in features
         if label_key is None and "label" in features:
@@ -104,13 +138,13 @@ class TfdsSource:
         label = feature(label_key, "the eval's label_key") if label_key else None
         self.label_key = label_key
         self.classnames = list(label.names) if isinstance(label, tfds.features.ClassLabel) else None
-        decoders = (
-            {image_key: tfds.decode.SkipDecoding()}
-            if isinstance(image, tfds.features.Image)
-            else None
-        )
+        decoders = {
+            name: tfds.decode.SkipDecoding()
+            for name, f in served.items()
+            if isinstance(f, tfds.features.Image)
+        }
         try:
-            self._data = builder.as_data_source(split=split, decoders=decoders)
+            self._data = builder.as_data_source(split=split, decoders=decoders or None)
         except ValueError as e:
             raise ValueError(f"tfds:{name}:{split}: {e}") from None
 
@@ -124,14 +158,20 @@ class TfdsSource:
             record = self._data[index]
         except (ValueError, OSError, KeyError) as e:
             raise BadRecord(where, f"cannot read or parse the example ({e})") from None
+        if self.requests is None:
+            fields = {
+                "image": _get(record, self.image_key),
+                "caption": _get(record, self.caption_key) if self.has_captions else b"",
+            }
+        else:
+            fields = {}
+            for key, name in self._fields:
+                fields[key] = _get(record, name)
+                if is_empty(fields[key]):
+                    raise BadRecord(where, f"empty feature {name!r}")
         label = _get(record, self.label_key) if self.label_key else -1
-        return {
-            "image": _get(record, self.image_key),
-            "caption": _get(record, self.caption_key) if self.has_captions else b"",
-            "label": int(label),
-            "id": index,
-            "where": where,
-        }
+        return {**fields, "label": int(label), "id": index, "where": where}
 
     def __repr__(self) -> str:
-        return f"TfdsSource({self.name!r}, split={self.split!r}, examples={len(self)})"
+        requests = "" if self.requests is None else f", requests={self.requests}"
+        return f"TfdsSource({self.name!r}, split={self.split!r}{requests}, examples={len(self)})"

@@ -4,9 +4,10 @@ An evaluator type is a :class:`~multimodal_ssl.evals.common.Evaluator` subclass 
 
 * ``default_config() -> ConfigDict``: every key of ``evals.<name>`` with its default
   (the config validator checks user keys against it);
-* ``__init__(name, cfg, *, image_size, seed, tokenizer, source_kwargs=None)``: builds
-  its data once;
-* ``run(embed_images, embed_texts) -> {"eval/<name>/<metric>": float}``.
+* ``__init__(name, cfg, *, processors, image_size, seed, source_kwargs=None)``: builds
+  its data once (``processors``: the eval preprocessing of every modality);
+* ``MODALITY_KEYS``: the config keys naming its modalities (``query``, ``candidates``);
+* ``run({modality: embed_fn}) -> {"eval/<name>/<metric>": float}``.
 
 Types: ``zeroshot``, ``retrieval``, ``knn``, ``linear_probe`` (both fit on a labelled
 ``train_data`` split), ``geometry``. Adding a type means one entry in ``EVALUATORS``.

@@ -23,6 +23,15 @@ import ml_collections
 import numpy as np
 
 EmbedFn = Callable[[np.ndarray], Any]  # [b, ...] -> [b, d] f32 (numpy or jax)
+EmbedFns = Mapping[str, EmbedFn]  # {modality: embed function}
+# Short names of the image/text modalities in metric names (img2txt_r@1, ...).
+_METRIC_NAMES = {"image": "img", "text": "txt"}
+
+
+def metric_name(modality: str) -> str:
+    """How ``modality`` appears in metric names: ``img``/``txt`` for image/text (the
+    names every SigLIP/CLIP codebase reports), else the modality name."""
+    return _METRIC_NAMES.get(modality, modality)
 
 # Query chunks hold at most this many scores ([chunk, num_candidates] f32 = 64 MiB).
 SCORE_BLOCK_ELEMENTS = 2**24
@@ -193,17 +202,20 @@ def embed_in_batches(embed_fn: EmbedFn, inputs: np.ndarray, batch_size: int) -> 
     return np.concatenate(outs)
 
 
-def embed_image_pass(
-    batches: Iterable[Mapping[str, np.ndarray]], embed_images: EmbedFn, keep: Sequence[str] = ()
+def embed_pass(
+    batches: Iterable[Mapping[str, np.ndarray]],
+    modality: str,
+    embed_fn: EmbedFn,
+    keep: Sequence[str] = (),
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Embeds ``batch["image"]`` of every batch: -> (image_emb [N, d] f32, {key: [N, ...]}
+    """Embeds ``batch[modality]`` of every batch: -> (emb [N, d] f32, {key: [N, ...]}
     concatenating ``batch[key]`` for each key in ``keep``)."""
     embs, kept = [], {k: [] for k in keep}
     for batch in batches:
-        images = np.asarray(batch["image"])
-        out = np.asarray(embed_images(images), np.float32)
-        if out.ndim != 2 or len(out) != len(images):
-            raise ValueError(f"embed_images: expected [{len(images)}, d], got {out.shape}")
+        inputs = np.asarray(batch[modality])
+        out = np.asarray(embed_fn(inputs), np.float32)
+        if out.ndim != 2 or len(out) != len(inputs):
+            raise ValueError(f"embed {modality}: expected [{len(inputs)}, d], got {out.shape}")
         embs.append(out)
         for k in keep:
             kept[k].append(np.asarray(batch[k]))
@@ -215,8 +227,9 @@ def embed_image_pass(
 # ------------------------------------------------------------------ data and config
 
 
-def open_eval_source(spec: str, *, image_size: int, seed: int, source_kwargs: dict | None):
-    """The source ``spec`` (split "test" unless the spec names one)."""
+def open_eval_source(spec: str, *, image_size: int, seed: int, source_kwargs: Any):
+    """The source ``spec`` (split "test" unless the spec names one); ``source_kwargs``:
+    DataOptions (with the field ``requests`` of the modalities to read) or a dict."""
     # Local import: the evaluator registry is used by config validation, which should
     # not pull in the input pipeline.
     from multimodal_ssl.data import sources
@@ -227,17 +240,16 @@ def open_eval_source(spec: str, *, image_size: int, seed: int, source_kwargs: di
 
 
 def make_batches(
-    source, *, batch_size: int, tokenizer, image_size: int, max_examples: int | None, options=None
+    source, *, batch_size: int, processors, max_examples: int | None, options=None
 ):
-    """One ordered pass over ``source`` as numpy batches (see data.pipeline); ``options``:
-    the data options (eval preprocessing ``pp_eval``, ``strict``)."""
+    """One ordered pass over ``source`` as numpy batches with one entry per processor
+    (see data.pipeline); ``options``: the data options (``strict``)."""
     from multimodal_ssl.data import pipeline
 
     return pipeline.make_eval_batches(
         source,
         batch_size=batch_size,
-        tokenizer=tokenizer,
-        image_size=image_size,
+        processors=processors,
         max_examples=max_examples,
         options=options,
     )
@@ -303,29 +315,42 @@ def check_source_spec(key: str, value: Any) -> None:
 class Evaluator(abc.ABC):
     """Base of every evaluator type.
 
-    Built by the trainer from ``config.evals.<name>``; ``run`` is called every
-    ``every_steps`` steps and at the end. Subclasses set ``TYPE``, add their own keys
-    in ``default_config`` and implement ``run``.
+    Built from ``config.evals.<name>`` (``builder.build_evaluators``); ``run`` is called
+    every ``every_steps`` steps and at the end with ``{modality: embed_fn}``. Subclasses
+    set ``TYPE`` and ``MODALITY_KEYS`` (the config keys naming the modalities they read
+    from ``data``, default ``query``), add their own keys in ``default_config`` and
+    implement ``run``.
+
+    ``processors``: ``{modality: data.modalities.Processor}`` of the model's towers (the
+    eval preprocessing); ``image_size`` and ``seed`` go to the sources.
     """
 
     TYPE: ClassVar[str]
+    MODALITY_KEYS: ClassVar[tuple[str, ...]] = ("query",)
 
     def __init__(
         self,
         name: str,
         cfg: Mapping[str, Any],
         *,
+        processors: Mapping[str, Any],
         image_size: int,
         seed: int,
-        tokenizer,
-        source_kwargs: dict | None = None,
+        source_kwargs: Any = None,
     ):
         self.name = name
         self.config = self.resolve(name, cfg)
         self.every_steps: int = self.config["every_steps"]
         self.batch_size: int = self.config["batch_size"]
-        self.tokenizer = tokenizer
         self.seed = seed
+        self.processors = dict(processors)
+        for key in self.MODALITY_KEYS:
+            modality = self.config[key]
+            if modality not in self.processors:
+                raise ValueError(
+                    f"config.evals.{name}.{key}: modality {modality!r} has no tower "
+                    f"(towers: {sorted(self.processors)})"
+                )
         if self.config["label_key"] is not None:  # the eval's label column/feature
             from multimodal_ssl.data.sources import DataOptions
 
@@ -341,17 +366,29 @@ class Evaluator(abc.ABC):
         class names, ... (``self.config``, ``self.data`` and ``open_data`` are ready)."""
         return None  # nothing to add by default
 
+    @property
+    def modalities(self) -> list[str]:
+        """The modalities this evaluator reads from its data (``MODALITY_KEYS``' values)."""
+        return [self.config[k] for k in self.MODALITY_KEYS]
+
     def open_data(self, spec: str, max_examples: int | None) -> EvalData:
         """An ordered pass over the first ``max_examples`` (None = all) of source ``spec``
-        in batches of ``batch_size``, with this evaluator's tokenizer and image size."""
-        source = open_eval_source(spec, **self._source_args)
+        in batches of ``batch_size``, reading this evaluator's ``modalities``."""
+        from multimodal_ssl.data.sources import DataOptions
+
+        processors = {m: self.processors[m] for m in self.modalities}
+        kwargs = dict(self._source_args)
+        kwargs["source_kwargs"] = dataclasses.replace(
+            DataOptions.coerce(kwargs["source_kwargs"]),
+            requests=tuple(p.request for p in processors.values()),
+        )
+        source = open_eval_source(spec, **kwargs)
         return EvalData(
             source,
             batch_size=self.batch_size,
-            tokenizer=self.tokenizer,
-            image_size=self._source_args["image_size"],
+            processors=processors,
             max_examples=max_examples,
-            options=self._source_args["source_kwargs"],
+            options=kwargs["source_kwargs"],
         )
 
     @classmethod
@@ -367,6 +404,9 @@ class Evaluator(abc.ABC):
         """Value checks of the resolved ``cfg``; ValueError names ``evals.<name>.<key>``.
         Subclasses with keys of their own extend this (calling ``super()``)."""
         check_source_spec(f"evals.{name}.data", cfg["data"])
+        for key in cls.MODALITY_KEYS:
+            if not isinstance(cfg[key], str) or not cfg[key]:
+                raise ValueError(f"evals.{name}.{key}: expected a modality name, got {cfg[key]!r}")
         for key, allow_none in (
             ("every_steps", False),
             ("batch_size", False),
@@ -381,6 +421,8 @@ class Evaluator(abc.ABC):
             {
                 "type": cls.TYPE,
                 "data": ml_collections.config_dict.placeholder(str),  # e.g. "generated:shapes:test"
+                # The modality whose embeddings are evaluated (classified, used as queries).
+                "query": "image",
                 "every_steps": 1000,
                 "max_examples": ml_collections.config_dict.placeholder(int),  # None = all
                 "batch_size": 256,
@@ -391,8 +433,30 @@ class Evaluator(abc.ABC):
         )
 
     @abc.abstractmethod
-    def run(self, embed_images: EmbedFn, embed_texts: EmbedFn) -> dict[str, float]:
-        """-> {"eval/<name>/<metric>": value}. embed_*: [b, ...] -> L2-normalised [b, d]."""
+    def run(self, embed: EmbedFns) -> dict[str, float]:
+        """-> {"eval/<name>/<metric>": value}. embed: {modality: [b, ...] -> L2-normalised
+        [b, d]} for (at least) this evaluator's modalities."""
 
     def _prefixed(self, metrics: Mapping[str, float]) -> dict[str, float]:
         return {f"eval/{self.name}/{k}": float(v) for k, v in metrics.items()}
+
+
+class PairEvaluator(Evaluator):
+    """An evaluator of two modalities: ``query`` (default image) and ``candidates``
+    (default text)."""
+
+    MODALITY_KEYS = ("query", "candidates")
+
+    @classmethod
+    def default_config(cls) -> ml_collections.ConfigDict:
+        cfg = super().default_config()
+        cfg.candidates = "text"
+        return cfg
+
+    @classmethod
+    def check_config(cls, name: str, cfg: dict[str, Any]) -> None:
+        super().check_config(name, cfg)
+        if cfg["query"] == cfg["candidates"]:
+            raise ValueError(
+                f"evals.{name}.candidates: must differ from query ({cfg['query']!r})"
+            )

@@ -1,5 +1,6 @@
-"""Base of the evaluators that fit a classifier on frozen image features of a labelled
-train split and score it on a labelled test split (k-NN, linear probe)."""
+"""Base of the evaluators that fit a classifier on frozen features (of the ``query``
+modality, default image) of a labelled train split and score it on a labelled test
+split (k-NN, linear probe)."""
 
 from __future__ import annotations
 
@@ -38,14 +39,13 @@ class FrozenFeaturesEvaluator(common.Evaluator):
         )
 
     def features(
-        self, embed_images: common.EmbedFn
+        self, embed: common.EmbedFns
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
         """-> (train_x [N, d] f32, train_y [N] i64, test_x [M, d] f32, test_y [M] i64,
-        num_classes): the image embeddings and labels of both splits."""
-        train_x, train = common.embed_image_pass(
-            self.train_data.batches(), embed_images, ("label",)
-        )
-        test_x, test = common.embed_image_pass(self.data.batches(), embed_images, ("label",))
+        num_classes): the ``query`` embeddings and labels of both splits."""
+        q = self.config["query"]
+        train_x, train = common.embed_pass(self.train_data.batches(), q, embed[q], ("label",))
+        test_x, test = common.embed_pass(self.data.batches(), q, embed[q], ("label",))
         train_y, test_y = (np.asarray(d["label"], np.int64) for d in (train, test))
         names = getattr(self.train_data.source, "classnames", None) or ()
         num_classes = max(len(names), int(train_y.max()) + 1, int(test_y.max()) + 1)

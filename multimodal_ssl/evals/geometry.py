@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jax
@@ -98,11 +99,11 @@ def geometry_metrics(
     }
 
 
-class GeometryEvaluator(common.Evaluator):
-    """Geometry of the embeddings of the (image, caption) pairs of ``data``. Keys (besides
-    the common ones): ``uniformity_t``. Metrics: ``eval/<name>/{alignment,
-    uniformity_image, uniformity_text, modality_gap, effective_rank_image,
-    effective_rank_text}``."""
+class GeometryEvaluator(common.PairEvaluator):
+    """Geometry of the embeddings of the (``query``, ``candidates``) pairs of ``data``
+    (default image, text). Keys (besides the common ones): ``uniformity_t``. Metrics:
+    ``eval/<name>/{alignment, uniformity_<q>, uniformity_<c>, modality_gap,
+    effective_rank_<q>, effective_rank_<c>}`` (``uniformity_image``, ...)."""
 
     TYPE = "geometry"
 
@@ -119,9 +120,13 @@ class GeometryEvaluator(common.Evaluator):
         if not isinstance(t, float | int) or isinstance(t, bool) or not t > 0:
             raise ValueError(f"evals.{name}.uniformity_t: must be a number > 0, got {t!r}")
 
-    def run(self, embed_images: common.EmbedFn, embed_texts: common.EmbedFn) -> dict[str, float]:
-        image_emb, kept = common.embed_image_pass(self.data.batches(), embed_images, ("text",))
-        text_emb = common.embed_in_batches(embed_texts, kept["text"], self.batch_size)
+    def run(self, embed: common.EmbedFns) -> dict[str, float]:
+        q, c = self.config["query"], self.config["candidates"]
+        q_emb, kept = common.embed_pass(self.data.batches(), q, embed[q], (c,))
+        c_emb = common.embed_in_batches(embed[c], kept[c], self.batch_size)
+        metrics = geometry_metrics(q_emb, c_emb, t=float(self.config["uniformity_t"]))
+        rename = {"image": q, "text": c}
         return self._prefixed(
-            geometry_metrics(image_emb, text_emb, t=float(self.config["uniformity_t"]))
+            {re.sub(r"_(image|text)$", lambda m: f"_{rename[m.group(1)]}", k): v
+             for k, v in metrics.items()}
         )

@@ -95,19 +95,39 @@ def dedupe_texts(tokens: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     return unique, np.split(order, splits)
 
 
-class RetrievalEvaluator(common.Evaluator):
-    """Image<->text retrieval on the (image, caption) pairs of ``data``.
+class RetrievalEvaluator(common.PairEvaluator):
+    """Retrieval between the ``query`` and ``candidates`` modalities (default image and
+    text) of the examples of ``data``, in both directions.
 
-    Config keys: see ``default_config``. Identical captions are merged into one text
-    that belongs to all their images (see ``dedupe_texts``). Metrics:
-    ``eval/<name>/{img2txt,txt2img}_r@{1,5,10}`` and ``..._{mean,median}_rank``.
+    Config keys: see ``default_config``. Identical candidate inputs (e.g. the same
+    caption) are merged into one candidate that belongs to all their queries (see
+    ``dedupe_texts``). Examples lacking either modality are left out. Metrics:
+    ``eval/<name>/{q}2{c}_r@{1,5,10}``, ``{c}2{q}_...`` and ``..._{mean,median}_rank``,
+    with ``img``/``txt`` for image/text (``img2txt_r@1``, ``audio2txt_r@1``, ...).
     """
 
     TYPE = "retrieval"
     KS = (1, 5, 10)
 
-    def run(self, embed_images: common.EmbedFn, embed_texts: common.EmbedFn) -> dict[str, float]:
-        image_emb, kept = common.embed_image_pass(self.data.batches(), embed_images, ("text",))
-        texts, text_to_image = dedupe_texts(kept["text"])
-        text_emb = common.embed_in_batches(embed_texts, texts, self.batch_size)
-        return self._prefixed(retrieval_metrics(image_emb, text_emb, text_to_image, ks=self.KS))
+    def run(self, embed: common.EmbedFns) -> dict[str, float]:
+        q, c = self.config["query"], self.config["candidates"]
+        keep = (c, f"mask/{q}", f"mask/{c}")
+        batches = ({k: v for k, v in b.items() if k in (q, *keep)} for b in self.data.batches())
+        q_emb, kept = common.embed_pass(_complete(batches, q, c), q, embed[q], (c,))
+        cand, cand_to_query = dedupe_texts(kept[c])
+        c_emb = common.embed_in_batches(embed[c], cand, self.batch_size)
+        metrics = retrieval_metrics(q_emb, c_emb, cand_to_query, ks=self.KS)
+        names = {"img2txt": f"{common.metric_name(q)}2{common.metric_name(c)}",
+                 "txt2img": f"{common.metric_name(c)}2{common.metric_name(q)}"}
+        return self._prefixed(
+            {names[k.split("_", 1)[0]] + "_" + k.split("_", 1)[1]: v for k, v in metrics.items()}
+        )
+
+
+def _complete(batches, *modalities: str):
+    """Drops the rows of each batch that lack one of ``modalities`` (``mask/<m>``)."""
+    for batch in batches:
+        keep = np.ones(len(batch[modalities[0]]), bool)
+        for m in modalities:
+            keep &= np.asarray(batch.get(f"mask/{m}", keep))
+        yield batch if keep.all() else {k: np.asarray(v)[keep] for k, v in batch.items()}

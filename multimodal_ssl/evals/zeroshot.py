@@ -107,8 +107,9 @@ def _read_classnames(name: str, value: Any, source) -> list[str]:
     raise ValueError(f"{key}: expected None, a file path or a non-empty list of str, got {value!r}")
 
 
-class ZeroShotEvaluator(common.Evaluator):
-    """Zero-shot classification of the images of ``data`` by their ``label``.
+class ZeroShotEvaluator(common.PairEvaluator):
+    """Zero-shot classification of the ``query`` modality (default image) of ``data`` by
+    its ``label``, against prompts embedded by the ``candidates`` text modality.
 
     Config keys: see ``default_config``; ``classnames``: None (the source's), a path to
     a text file (one name per line, in label order) or a list; ``templates``: None (the
@@ -119,7 +120,18 @@ class ZeroShotEvaluator(common.Evaluator):
     TYPE = "zeroshot"
     KS = (1, 5)
 
+    @property
+    def modalities(self) -> list[str]:
+        return [self.config["query"]]  # the prompts are not read from the data
+
     def setup(self) -> None:
+        text = self.processors[self.config["candidates"]]
+        if getattr(text, "kind", None) != "text":
+            raise ValueError(
+                f"config.evals.{self.name}.candidates: {self.config['candidates']!r} is not a "
+                "text modality (zero-shot embeds class-name prompts with it)"
+            )
+        self.tokenizer = text.tokenizer
         source = self.data.source
         self.classnames = _read_classnames(self.name, self.config["classnames"], source)
         templates = self.config["templates"]
@@ -141,9 +153,10 @@ class ZeroShotEvaluator(common.Evaluator):
         if cfg["templates"] is not None:
             _check_templates(f"evals.{name}.templates", cfg["templates"])
 
-    def run(self, embed_images: common.EmbedFn, embed_texts: common.EmbedFn) -> dict[str, float]:
+    def run(self, embed: common.EmbedFns) -> dict[str, float]:
+        query, candidates = self.config["query"], self.config["candidates"]
         class_emb = class_embeddings(
-            embed_texts, self.tokenizer, self.classnames, self.templates, self.batch_size
+            embed[candidates], self.tokenizer, self.classnames, self.templates, self.batch_size
         )
-        image_emb, kept = common.embed_image_pass(self.data.batches(), embed_images, ("label",))
-        return self._prefixed(zeroshot_metrics(image_emb, class_emb, kept["label"], ks=self.KS))
+        emb, kept = common.embed_pass(self.data.batches(), query, embed[query], ("label",))
+        return self._prefixed(zeroshot_metrics(emb, class_emb, kept["label"], ks=self.KS))

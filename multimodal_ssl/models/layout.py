@@ -25,10 +25,10 @@ import jax.numpy as jnp
 # First match wins; patterns are searched in the "/"-joined param path.
 PARAM_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     (r"(LayerNorm_\d+|encoder_norm)/(scale|bias)$", ("embed",)),
-    (r"MlpBlock_0/Dense_0/kernel$", ("embed", "mlp")),
-    (r"MlpBlock_0/Dense_0/bias$", ("mlp",)),
-    (r"MlpBlock_0/Dense_1/kernel$", ("mlp", "embed")),
-    (r"MlpBlock_0/Dense_1/bias$", ("embed",)),
+    (r"MlpBlock_\d+/Dense_0/kernel$", ("embed", "mlp")),
+    (r"MlpBlock_\d+/Dense_0/bias$", ("mlp",)),
+    (r"MlpBlock_\d+/Dense_1/kernel$", ("mlp", "embed")),
+    (r"MlpBlock_\d+/Dense_1/bias$", ("embed",)),
     (r"(query|key|value)/kernel$", ("embed", "heads", "kv")),
     (r"(query|key|value)/bias$", ("heads", "kv")),
     (r"MultiHeadDotProductAttention_0/out/kernel$", ("heads", "kv", "embed")),
@@ -36,11 +36,13 @@ PARAM_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     (r"(^|/)embedding/kernel$", ("patch_h", "patch_w", "channels", "embed")),
     (r"(^|/)embedding/bias$", ("embed",)),
     (r"Embed_0/embedding$", ("vocab", "embed")),
+    (r"(^|/)input_proj/kernel$", ("features", "embed")),
+    (r"(^|/)input_proj/bias$", ("embed",)),
     (r"(^|/)pos_embedding$", (None, "seq", "embed")),
     (r"(^|/)(cls|probe)$", (None, None, "embed")),
     (r"(^|/)head/kernel$", ("embed", "joint")),
     (r"(^|/)head/bias$", ("joint",)),
-    (r"^(t|b)$", ()),
+    (r"^(t|b)(_\w+)?$", ()),  # objective scalars: t, b, t_image_audio, ...
 )
 SCANNED = "encoderblock"
 _BLOCK = re.compile(r"^encoderblock_(\d+)$")

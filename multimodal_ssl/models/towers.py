@@ -1,25 +1,78 @@
-"""Two-tower contrastive model (CLIP / SigLIP): image and text towers, each ending in
-a projection to ``embed_dim``, plus the scalar log-temperature ``t`` and bias ``b``.
+"""The multi-tower contrastive model: one encoder per modality, each ending in a
+projection to ``embed_dim`` and an L2 normalisation.
 
-Param tree: ``img`` (a :class:`ViT`), ``txt`` (a :class:`TextTransformer`), ``t`` and
-``b`` (f32 scalars) — big_vision's two_towers layout.
+Towers are chosen by type name from :data:`TOWER_TYPES` (``config.model.towers.<modality>
+.type``): ``vit`` (images, depth maps: any channel count), ``text`` (token ids),
+``audio`` (a ViT over log-mel spectrogram patches), ``mlp`` (feature vectors) and
+``sequence`` (time series). A new type is one :func:`register_tower` call.
+
+Param tree: one top-level subtree per modality, named by :func:`param_name`
+(``img`` and ``txt`` for the image and text towers, big_vision's two-tower layout, so
+SigLIP checkpoints and converters map unchanged; the modality name otherwise). The
+scalars of the objective (``t``, ``b``, ...) are not part of this module: objectives
+own them (``multimodal_ssl.losses.objectives``) and the train state stores them next to
+the towers' subtrees.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
+from multimodal_ssl.models.audio import AudioTransformer
+from multimodal_ssl.models.mlp import MlpTower, SequenceTower
 from multimodal_ssl.models.text import TextTransformer
 from multimodal_ssl.models.vit import ViT
 
 # Squared-norm floor of l2_normalize: embeddings with norm < 1e-6 are not blown up.
 _NORM_EPS_SQ = 1e-12
+# Legacy (big_vision two_towers) names of the image and text towers' param subtrees.
+_PARAM_NAMES = {"image": "img", "text": "txt"}
+
+TOWER_TYPES: dict[str, type[nn.Module]] = {}
+
+
+def register_tower(type_name: str, module_cls: type[nn.Module]) -> None:
+    """Makes ``model.towers.<m>.type = type_name`` build ``module_cls``. The module takes
+    its input as the first positional argument and ``train=`` as a keyword, returns
+    ``[b, num_classes]`` float32, and has ``num_classes`` and ``dtype`` fields."""
+    if type_name in TOWER_TYPES:
+        raise ValueError(f"tower type {type_name!r} is already registered")
+    TOWER_TYPES[type_name] = module_cls
+
+
+for _name, _cls in (
+    ("vit", ViT),
+    ("text", TextTransformer),
+    ("audio", AudioTransformer),
+    ("mlp", MlpTower),
+    ("sequence", SequenceTower),
+):
+    register_tower(_name, _cls)
+
+
+def tower_class(type_name: str) -> type[nn.Module]:
+    """The module class of tower type ``type_name``; ValueError lists the known types."""
+    if type_name not in TOWER_TYPES:
+        raise ValueError(f"unknown tower type {type_name!r}; known types: {sorted(TOWER_TYPES)}")
+    return TOWER_TYPES[type_name]
+
+
+def tower_fields(type_name: str) -> list[str]:
+    """The keys a ``model.towers.<m>`` dict of this type may set (besides ``type``)."""
+    fields = {f.name for f in dataclasses.fields(tower_class(type_name))}
+    return sorted(fields - {"parent", "name"})
+
+
+def param_name(modality: str) -> str:
+    """Name of a modality's param subtree: ``img``/``txt`` for image/text, else itself."""
+    return _PARAM_NAMES.get(modality, modality)
 
 
 def l2_normalize(z: jax.Array) -> jax.Array:
@@ -28,52 +81,64 @@ def l2_normalize(z: jax.Array) -> jax.Array:
     return z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, axis=-1, keepdims=True), _NORM_EPS_SQ))
 
 
-class TwoTower(nn.Module):
-    """``(image [B,H,W,C] f32 | None, text i32 [B,L] | None) -> (zimg, ztxt, {"t", "b"})``.
+class MultiTower(nn.Module):
+    """``{modality: input [B, ...]} -> {modality: z [B, embed_dim] f32, unit rows}``.
 
-    ``image`` / ``text``: keyword arguments of :class:`ViT` / :class:`TextTransformer`
-    (e.g. ``{"variant": "B/16", "pool": "map"}``). Each tower gets ``num_classes =
-    embed_dim`` (its ``head``) and the model's ``dtype`` unless its dict sets them; a
-    tower with ``num_classes: None`` must have ``width == embed_dim`` (as SigLIP's image
-    tower). ``zimg``, ``ztxt``: float32 ``[B, embed_dim]``, L2-normalised, or None when
-    that input is None. ``t`` (log-temperature, init ``t_init``) and ``b`` (bias, init
-    ``b_init``) are float32 scalars. Initialise with both inputs so both towers exist.
+    ``towers``: ``{modality: {"type": ..., **module kwargs}}``. Each tower gets
+    ``num_classes = embed_dim`` (its ``head``) and the model's ``dtype`` unless its
+    dict sets them; a tower with ``num_classes: None`` must have ``width == embed_dim``
+    (as SigLIP's image tower). Only the modalities present in ``inputs`` run, so
+    embedding one modality costs one tower; initialise with every modality's input.
+    ``train=True`` enables dropout, stochastic depth and token dropping (needs a
+    "dropout" rng).
     """
 
-    image: Mapping[str, Any] | None = None
-    text: Mapping[str, Any] | None = None
+    towers: Mapping[str, Mapping[str, Any]]
     embed_dim: int = 128
-    t_init: float = math.log(10.0)
-    b_init: float = -10.0
     dtype: Any = "float32"
 
-    def _tower_kwargs(self, kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
-        return {"num_classes": self.embed_dim, "dtype": self.dtype, **(kwargs or {})}
-
-    def _check_dim(self, tower: str, z: jax.Array) -> None:
-        if z.shape[-1] != self.embed_dim:
-            raise ValueError(
-                f"TwoTower.{tower}: tower output has dim {z.shape[-1]} but embed_dim is "
-                f"{self.embed_dim} (set {tower}.num_classes or its width)"
-            )
+    def tower(self, modality: str) -> nn.Module:
+        """The (unbound) tower module of ``modality``."""
+        if modality not in self.towers:
+            raise ValueError(f"no tower for modality {modality!r}; towers: {list(self.towers)}")
+        kwargs = {"num_classes": self.embed_dim, "dtype": self.dtype, **self.towers[modality]}
+        cls = tower_class(kwargs.pop("type"))
+        return cls(**kwargs, name=param_name(modality))
 
     @nn.compact
     def __call__(
-        self,
-        image: jax.Array | None = None,
-        text: jax.Array | None = None,
-        *,
-        train: bool = False,
-    ) -> tuple[jax.Array | None, jax.Array | None, dict[str, jax.Array]]:
-        zimg = ztxt = None
-        if image is not None:
-            zimg = ViT(**self._tower_kwargs(self.image), name="img")(image, train=train)
-            self._check_dim("image", zimg)
-            zimg = l2_normalize(zimg)
-        if text is not None:
-            ztxt = TextTransformer(**self._tower_kwargs(self.text), name="txt")(text, train=train)
-            self._check_dim("text", ztxt)
-            ztxt = l2_normalize(ztxt)
-        t = self.param("t", nn.initializers.constant(self.t_init), (), jnp.float32)
-        b = self.param("b", nn.initializers.constant(self.b_init), (), jnp.float32)
-        return zimg, ztxt, {"t": t, "b": b}
+        self, inputs: Mapping[str, jax.Array], *, train: bool = False
+    ) -> dict[str, jax.Array]:
+        out = {}
+        for modality, x in inputs.items():
+            z = self.tower(modality)(x, train=train)
+            if z.shape[-1] != self.embed_dim:
+                raise ValueError(
+                    f"config.model.towers.{modality}: tower output has dim {z.shape[-1]} but "
+                    f"model.embed_dim is {self.embed_dim} (set its num_classes or width)"
+                )
+            out[modality] = l2_normalize(z)
+        return out
+
+
+def tower_configs(config: ml_collections.ConfigDict, vocab_size: int) -> dict[str, dict]:
+    """``{modality: tower kwargs}`` of ``config.model.towers``: text towers get the
+    tokenizer's ``vocab_size`` and ``data.max_text_len``, and every tower that has them
+    ``model.scan``/``model.remat`` — unless the tower's own dict sets them."""
+    out = {}
+    for modality, tower in config.model.towers.items():
+        fields = tower_fields(tower["type"])
+        base = {k: config.model[k] for k in ("scan", "remat") if k in fields}
+        if tower["type"] == "text":
+            base.update(vocab_size=vocab_size, max_len=config.data.max_text_len)
+        out[modality] = {**base, **tower.to_dict()}
+    return out
+
+
+def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> MultiTower:
+    """The multi-tower model of ``config.model`` (see :func:`tower_configs`)."""
+    return MultiTower(
+        towers=tower_configs(config, vocab_size),
+        embed_dim=config.model.embed_dim,
+        dtype=config.model.dtype,
+    )

@@ -1,0 +1,301 @@
+"""Per-modality preprocessing: what turns one record field into one model input.
+
+A modality's *kind* decides how its field is read (:data:`KINDS`): by name for the
+known modalities (``image``, ``text``, ``depth``, ``audio``), else from its tower type
+(``vit`` -> image, ``text`` -> text, ``audio`` -> audio, ``mlp``/``sequence`` ->
+vector). Each kind has a :class:`Processor`:
+
+=========  ===========================  ==========================================
+kind       field (default)              model input per example
+=========  ===========================  ==========================================
+image      ``image``                    f32 [S, S, 3]   (``data.pp_train`` / ``pp_eval``)
+depth      ``depth``                    f32 [S, S, 1]   (``data.pp.depth``)
+text       ``caption``                  i32 [L]         (``data.tokenizer``, ``max_text_len``)
+audio      ``audio``                    f32 [frames, n_mels] (``data.pp.audio``)
+vector     the modality's name          f32 [...]       (the field's array as is)
+=========  ===========================  ==========================================
+
+``data.fields.<modality>`` names another field. A processor works in three stages so
+the expensive part runs in the reader threads: ``read`` (one example, any thread; raises
+:class:`~.records.BadRecord`), ``collate`` (a list of read values -> one array) and
+``finish`` (the whole batch in the main process: image value ops).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from multimodal_ssl.data.audio import DEFAULT_AUDIO_PP, AudioPreprocess
+from multimodal_ssl.data.fields import FieldRequest
+from multimodal_ssl.data.preprocess import Preprocess
+from multimodal_ssl.data.records import BadRecord, decode_caption, decode_image
+from multimodal_ssl.data.tokenizers import Tokenizer, get_tokenizer
+
+KINDS = ("image", "depth", "text", "audio", "vector")
+_KIND_OF_TOWER = {"vit": "image", "text": "text", "audio": "audio", "mlp": "vector",
+                  "sequence": "vector"}
+_DEFAULT_FIELD = {"image": "image", "depth": "depth", "text": "caption", "audio": "audio"}
+DEFAULT_DEPTH_PP = "resize_small|center_crop|value_range(-1, 1)"
+
+
+def modality_kind(modality: str, tower_type: str) -> str:
+    """The kind of ``modality`` (see the module docstring)."""
+    if modality in KINDS:
+        return modality
+    if tower_type in _KIND_OF_TOWER:
+        return _KIND_OF_TOWER[tower_type]
+    raise ValueError(
+        f"config.model.towers.{modality}: cannot tell how to read modality {modality!r} "
+        f"(tower type {tower_type!r}); name it one of {list(KINDS)}"
+    )
+
+
+class Processor(abc.ABC):
+    """Reads one modality's field (see the module docstring)."""
+
+    kind: str
+
+    def __init__(self, modality: str, name: str | None):
+        self.modality, self.name = modality, name
+
+    @property
+    def field(self) -> str:
+        """The field read, for messages: ``data.fields.<m>`` or the kind's usual name."""
+        return self.name or _DEFAULT_FIELD.get(self.kind, self.modality)
+
+    @property
+    def request(self) -> FieldRequest:
+        """What the sources are asked for: the record key is the modality name; the field
+        ``data.fields.<m>``, or (None) each source format's default for it."""
+        return FieldRequest(self.modality, self.name, binary=self.kind != "text")
+
+    @abc.abstractmethod
+    def read(self, value: Any, where: str, rng: np.random.Generator) -> Any:
+        """One raw field value -> its per-example form; BadRecord when unreadable."""
+
+    @abc.abstractmethod
+    def example_shape(self) -> tuple[tuple[int, ...], np.dtype]:
+        """Shape and dtype of one example's model input (after ``finish``)."""
+
+    def absent(self) -> np.ndarray:
+        """The ``read`` form of a missing field (zeros; masked out of losses and evals)."""
+        shape, dtype = self.example_shape()
+        return np.zeros(shape, dtype)
+
+    def collate(self, values: Sequence[Any]) -> np.ndarray:
+        return np.stack(values)
+
+    def finish(self, batch: np.ndarray) -> np.ndarray:
+        return batch
+
+    def fingerprint(self) -> str:
+        """A stable description (resume checks that the pipeline did not change)."""
+        return f"{self.modality}:{self.kind}:{self.name}"
+
+
+class ImageProcessor(Processor):
+    """Decoded images -> ``pp`` geometric ops (uint8, reader threads) -> value op (batch)."""
+
+    kind = "image"
+    channels = 3
+
+    def __init__(self, modality: str, field: str | None, spec: str, image_size: int):
+        super().__init__(modality, field)
+        self.preprocess = Preprocess(spec, image_size)
+
+    def _decode(self, value: Any, where: str) -> np.ndarray:
+        return decode_image(value, where, self.preprocess.draft_size)
+
+    def read(self, value, where, rng):
+        image = self.preprocess(self._decode(value, where), rng)
+        size = self.preprocess.image_size
+        if image.shape[:2] != (size, size):
+            raise ValueError(
+                f"{where}: {self.modality} must be uint8 [{size}, {size}, {self.channels}] after "
+                f"the ops {self.preprocess.spec!r}, got {image.dtype} {list(image.shape)}; end "
+                f"them with a fixed-size op such as center_crop or random_resized_crop"
+            )
+        return image[..., : self.channels]
+
+    def absent(self) -> np.ndarray:
+        size = self.preprocess.image_size
+        return np.zeros((size, size, self.channels), np.uint8)
+
+    def example_shape(self):
+        size = self.preprocess.image_size
+        return (size, size, self.channels), np.dtype(np.float32)
+
+    def finish(self, batch):
+        return self.preprocess.normalize(batch)
+
+    def fingerprint(self) -> str:
+        return f"{super().fingerprint()}:{self.preprocess!r}"
+
+
+class DepthProcessor(ImageProcessor):
+    """Depth maps (float [H, W] in [0, 1], or an encoded single-channel image) -> one
+    channel: quantised to uint8 and run through the image ops (so crops and flips match
+    the image pipeline's), ``[S, S, 1]``."""
+
+    kind = "depth"
+    channels = 1
+
+    def _decode(self, value, where):
+        if isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.floating):
+            if value.ndim == 3 and value.shape[-1] == 1:
+                value = value[..., 0]
+            if value.ndim != 2 or not np.all(np.isfinite(value)):
+                raise BadRecord(where, f"depth map must be finite [H, W], got {value.shape}")
+            value = np.rint(np.clip(value, 0.0, 1.0) * 255).astype(np.uint8)
+        return super()._decode(value, where)
+
+
+class TextProcessor(Processor):
+    """Captions -> checked str (reader threads) -> token ids i32 [b, L] (collate)."""
+
+    kind = "text"
+
+    def __init__(self, modality: str, field: str | None, tokenizer: Tokenizer):
+        super().__init__(modality, field)
+        self.tokenizer = tokenizer
+
+    def read(self, value, where, rng):
+        return decode_caption(value, where)
+
+    def absent(self) -> str:
+        return ""
+
+    def collate(self, values):
+        return self.tokenizer.encode(list(values))
+
+    def example_shape(self):
+        return (self.tokenizer.max_len,), np.dtype(np.int32)
+
+
+class AudioProcessor(Processor):
+    """Audio files / waveforms -> decode, resample, crop, log-mel (reader threads)."""
+
+    kind = "audio"
+
+    def __init__(self, modality: str, field: str | None, spec: str, train: bool):
+        super().__init__(modality, field)
+        self.preprocess = AudioPreprocess(spec, train=train)
+        self.train = train
+
+    def read(self, value, where, rng):
+        return self.preprocess(value, where, rng if self.train else None)
+
+    def example_shape(self):
+        return tuple(self.preprocess.output_shape), np.dtype(np.float32)
+
+    def fingerprint(self) -> str:
+        return f"{super().fingerprint()}:{self.preprocess.spec}:train={self.train}"
+
+
+class VectorProcessor(Processor):
+    """Arrays (or ``.npy`` bytes) taken as they are: f32 of a fixed ``shape``."""
+
+    kind = "vector"
+
+    def __init__(self, modality: str, field: str | None, shape: Sequence[int]):
+        super().__init__(modality, field)
+        self.shape = tuple(shape)
+
+    def read(self, value, where, rng):
+        if isinstance(value, bytes | bytearray):
+            import io
+
+            try:
+                value = np.load(io.BytesIO(value), allow_pickle=False)
+            except (ValueError, OSError) as e:
+                raise BadRecord(where, f"{self.field}: not a .npy array ({e})") from None
+        value = np.asarray(value, np.float32)
+        if value.shape != self.shape or not np.all(np.isfinite(value)):
+            raise BadRecord(
+                where, f"{self.field}: expected finite f32 {list(self.shape)}, got {value.shape}"
+            )
+        return value
+
+    def example_shape(self):
+        return self.shape, np.dtype(np.float32)
+
+
+def pp_spec(data_config: Mapping[str, Any], modality: str, default: str) -> str:
+    """``data.pp.<modality>`` or ``default``."""
+    pp = data_config.get("pp") or {}
+    return pp.get(modality, default) if hasattr(pp, "get") else default
+
+
+def make_processors(
+    config: Any, *, train: bool, tokenizer: Tokenizer | None = None
+) -> dict[str, Processor]:
+    """One processor per tower of ``config.model.towers``, reading ``config.data``.
+
+    ``train``: the training pipeline (``data.pp_train``, random crops) or the eval one.
+    ``tokenizer``: the text modalities' (default: ``data.tokenizer`` at ``max_text_len``).
+    Raises ValueError naming the config key of a bad spec or field.
+    """
+    data = config.data
+    fields = data.get("fields") or {}
+    out: dict[str, Processor] = {}
+    for modality, tower in config.model.towers.items():
+        kind = modality_kind(modality, tower["type"])
+        field = fields.get(modality)
+        key = f"config.data.pp.{modality}"
+        try:
+            if kind == "image":
+                key = f"config.data.{'pp_train' if train else 'pp_eval'}"
+                spec = data.pp_train if train else data.pp_eval
+                out[modality] = ImageProcessor(modality, field, spec, data.image_size)
+            elif kind == "depth":
+                spec = pp_spec(data, modality, DEFAULT_DEPTH_PP)
+                out[modality] = DepthProcessor(modality, field, spec, data.image_size)
+            elif kind == "text":
+                key = "config.data.tokenizer"
+                tok = tokenizer or get_tokenizer(data.tokenizer, data.max_text_len)
+                out[modality] = TextProcessor(modality, field, tok)
+            elif kind == "audio":
+                spec = pp_spec(data, modality, DEFAULT_AUDIO_PP)
+                out[modality] = AudioProcessor(modality, field, spec, train)
+            else:
+                shape = tower.get("input_shape") if hasattr(tower, "get") else None
+                if shape is None:
+                    raise ValueError("vector modalities need the tower's input_shape")
+                out[modality] = VectorProcessor(modality, field, shape)
+        except ValueError as e:
+            raise ValueError(f"{key}: {e}") from None
+    return out
+
+
+def check_pp_config(config: Any) -> None:
+    """Builds every processor (train and eval) once: ValueError naming the bad key."""
+    for key in config.data.get("pp") or {}:
+        if key not in config.model.towers:
+            raise ValueError(
+                f"config.data.pp.{key}: no tower for modality {key!r} "
+                f"(towers: {sorted(config.model.towers)})"
+            )
+    for key in config.data.get("fields") or {}:
+        if key not in config.model.towers:
+            raise ValueError(
+                f"config.data.fields.{key}: no tower for modality {key!r} "
+                f"(towers: {sorted(config.model.towers)})"
+            )
+    for train in (True, False):
+        make_processors(config, train=train, tokenizer=_NoTokenizer(config.data.max_text_len))
+
+
+class _NoTokenizer(Tokenizer):
+    """Stands in for the tokenizer when only specs are checked (no file is opened)."""
+
+    vocab_size = 1
+
+    def _ids(self, text):
+        raise NotImplementedError
+
+    def _text(self, ids):
+        raise NotImplementedError

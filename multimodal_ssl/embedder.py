@@ -1,0 +1,64 @@
+"""Jitted, batch-sharded embedding of one modality with given params: what the evals,
+``evaluate``, ``embed`` and ``pretrained`` call. Imports nothing of the trainer."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from multimodal_ssl.models.towers import MultiTower
+from multimodal_ssl.sharding import batch_sharding, batch_size_per_step, replicated
+
+EmbedFn = Callable[[np.ndarray], np.ndarray]
+
+
+class Embedder:
+    """``embed(modality, inputs [n, ...]) -> f32 [n, d]`` (numpy, L2-normalised rows).
+
+    Inputs of any length are padded to a multiple of the batch shards, so the evaluators
+    need not know the mesh. ``params`` must be set before embedding (the train loop
+    points it at the current state's params).
+    """
+
+    def __init__(self, model: MultiTower, mesh: Mesh):
+        self._mesh = mesh
+        self._shards = batch_size_per_step(mesh)
+        self.modalities = tuple(model.towers)
+        self.params = None
+        out = replicated(mesh)
+        self._fns = {
+            m: jax.jit(
+                functools.partial(lambda m, p, x: model.apply({"params": p}, {m: x})[m], m),
+                out_shardings=out,
+            )
+            for m in self.modalities
+        }
+
+    def embed(self, modality: str, inputs: np.ndarray) -> np.ndarray:
+        """inputs: [n, ...] one modality's model inputs -> f32 [n, d]."""
+        if modality not in self._fns:
+            raise ValueError(f"no tower for modality {modality!r}; towers: {self.modalities}")
+        inputs = np.asarray(inputs)
+        n = len(inputs)
+        padded = -(-n // self._shards) * self._shards
+        if padded != n:
+            pad = np.zeros((padded - n, *inputs.shape[1:]), inputs.dtype)
+            inputs = np.concatenate([inputs, pad])
+        x = jax.device_put(inputs, batch_sharding(self._mesh))
+        return np.asarray(self._fns[modality](self.params, x))[:n]
+
+    def embed_fns(self) -> dict[str, EmbedFn]:
+        """``{modality: inputs -> embeddings}`` for every tower (what evaluators take)."""
+        return {m: functools.partial(self.embed, m) for m in self.modalities}
+
+    def embed_images(self, images: np.ndarray) -> np.ndarray:
+        """images: f32 [n, H, W, 3] in the model's value range -> [n, d]."""
+        return self.embed("image", images)
+
+    def embed_texts(self, tokens: np.ndarray) -> np.ndarray:
+        """tokens: i32 [n, L] -> [n, d]."""
+        return self.embed("text", tokens)
