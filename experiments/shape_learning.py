@@ -31,10 +31,11 @@ from absl import app, flags
 from multimodal_ssl.data import shapes
 from multimodal_ssl.data.tokenizers import get_tokenizer
 from multimodal_ssl.losses import sigmoid_loss
+from multimodal_ssl.losses.objectives import make_objective
+from multimodal_ssl.models.towers import build_model
 from multimodal_ssl.models.vit import ViT
 from multimodal_ssl.optim import make_optimizer
 from multimodal_ssl.recipes import load_recipe
-from multimodal_ssl.train_state import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _BATCH = flags.DEFINE_integer("batch", 128, "Batch size.")
@@ -70,7 +71,7 @@ def report_steps(steps: int) -> set[int]:
 
 
 def supervised(config, train, test, tokenizer) -> None:
-    cfg = config.model.image.to_dict()
+    cfg = {k: v for k, v in config.model.towers.image.items() if k != "type"}
     model = ViT(**{**cfg, "num_classes": len(shapes.SHAPES)})
     steps = _EXAMPLES.value // _BATCH.value
     x, _, _, _ = batch(train, range(_BATCH.value), tokenizer)
@@ -106,30 +107,31 @@ def contrastive(config, train, test, tokenizer) -> None:
     model = build_model(config, tokenizer.vocab_size)
     steps = _EXAMPLES.value // _BATCH.value
     x, t, _, _ = batch(train, range(_BATCH.value), tokenizer)
-    params = model.init(jax.random.key(config.seed), x, t)["params"]
+    params = model.init(jax.random.key(config.seed), {"image": x, "text": t})["params"]
+    params.update(make_objective(config.loss, ("image", "text")).init_params())
     tx, _ = make_optimizer(config.optim, steps)
     opt = tx.init(params)
 
     @jax.jit
     def step(params, opt, x, t):
         def loss_fn(p):
-            zimg, ztxt, scalars = model.apply({"params": p}, x, t)
-            return sigmoid_loss(zimg, ztxt, scalars["t"], scalars["b"])
+            z = model.apply({"params": p}, {"image": x, "text": t})
+            return sigmoid_loss(z["image"], z["text"], p["t"], p["b"])
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt = tx.update(grads, opt, params)
         return optax.apply_updates(params, updates), opt, loss
 
-    embed = jax.jit(lambda p, x, t: model.apply({"params": p}, x, t))
+    embed = jax.jit(lambda p, x, t: model.apply({"params": p}, {"image": x, "text": t}))
     names = shapes.classnames("shape_color")
     prompts = tokenizer.encode([tm.format(n) for n in names for tm in shapes.TEMPLATES])
     xt, _, yt, st = batch(test, range(NUM_TEST), tokenizer)
 
     def evaluate(p):
-        zimg, _, scalars = embed(p, xt, prompts[:NUM_TEST])
+        zimg = embed(p, xt, prompts[:NUM_TEST])["image"]
         ztxt = np.concatenate(
             [
-                np.asarray(embed(p, xt[:1], prompts[i : i + 256])[1])
+                np.asarray(embed(p, xt[:1], prompts[i : i + 256])["text"])
                 for i in range(0, len(prompts), 256)
             ]
         )
@@ -143,8 +145,8 @@ def contrastive(config, train, test, tokenizer) -> None:
             float((pred == yt).mean()),
             float((pred // len(shapes.COLORS) == st).mean()),
             float(cos[off_diagonal].mean()),
-            float(scalars["t"]),
-            float(scalars["b"]),
+            float(p["t"]),
+            float(p["b"]),
         )
 
     start = time.time()

@@ -127,21 +127,15 @@ def _batch(s: dict, n: int, seed: int = 0):
 # ----------------------------------------------------------------------------- ours
 
 
-def make_ours(s: dict, batch: dict):
-    """Returns ``(run_step, flops)``: one step of our jitted train step (host batch ->
-    global arrays -> step, blocking), and XLA's FLOP count of the step."""
-    import jax
-
-    from multimodal_ssl.checkpointing import abstract_like
-    from multimodal_ssl.config import base_config
-    from multimodal_ssl.optim import make_optimizer
-    from multimodal_ssl.sharding import make_mesh, to_global
-    from multimodal_ssl.train_state import build_model, init_state, make_train_step
+def our_config(s: dict):
+    """The base config with the benchmark's sizes (image/text towers, loss, batch)."""
+    from multimodal_ssl.config import base_config, set_towers
+    from multimodal_ssl.losses.objectives import objective_config
 
     c = base_config()
     c.batch_size = _BATCH.value
     c.data.image_size, c.data.max_text_len = s["image"], s["context"]
-    c.model.image = dict(
+    image = dict(
         width=s["width"],
         depth=s["layers"],
         num_heads=s["heads"],
@@ -149,21 +143,40 @@ def make_ours(s: dict, batch: dict):
         patch_size=s["patch"],
         pool="tok",
     )
-    c.model.text = dict(
+    text = dict(
         width=s["text_width"],
         depth=s["text_layers"],
         num_heads=s["text_heads"],
         mlp_dim=s["text_mlp"],
         pool="last",
     )
+    set_towers(c, {"image": {"type": "vit", **image}, "text": {"type": "text", **text}})
     c.model.embed_dim, c.model.dtype = s["embed"], _DTYPE.value
-    c.loss.name, c.loss.impl = _LOSS.value, "global"
+    c.loss = objective_config(_LOSS.value, impl="global")
     c.optim.warmup_steps, c.optim.grad_clip = 10, None
+    return c
+
+
+def make_ours(s: dict, batch: dict):
+    """Returns ``(run_step, flops)``: one step of our jitted train step (host batch ->
+    global arrays -> step, blocking), and XLA's FLOP count of the step."""
+    import jax
+
+    c = our_config(s)
+    from multimodal_ssl.checkpointing import abstract_like
+    from multimodal_ssl.losses.objectives import make_objective
+    from multimodal_ssl.models.towers import build_model
+    from multimodal_ssl.optim import make_optimizer
+    from multimodal_ssl.sharding import make_mesh, to_global
+    from multimodal_ssl.train_state import init_state, make_train_step
+
     mesh = make_mesh({"data": -1, "fsdp": 1, "model": 1}, jax.devices()[: _DEVICES.value])
     model = build_model(c, s["vocab"])
+    objective = make_objective(c.loss, tuple(model.towers))
     tx, schedule = make_optimizer(c.optim, c.total_steps)
-    state = init_state(model, tx, c, mesh)
-    step = make_train_step(model, tx, schedule, c, mesh, abstract_like(state))
+    inputs = {m: jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype) for m, x in batch.items()}
+    state = init_state(model, objective, tx, c, mesh, inputs)
+    step = make_train_step(model, objective, tx, schedule, c, mesh, abstract_like(state))
     compiled = step.lower(state, to_global(batch, mesh)).compile()
     cost = compiled.cost_analysis()
     flops = float((cost[0] if isinstance(cost, list) else cost).get("flops", 0.0))

@@ -3,6 +3,8 @@ every pixel, captions that name the class, and oracle embedders that read both."
 
 from __future__ import annotations
 
+import types
+
 import ml_collections
 import numpy as np
 
@@ -54,17 +56,27 @@ def oracle_texts(tokens):
     return np.eye(len(CLASSES), dtype=np.float32)[tokens[:, 0] - 1]  # pad rows hit -1: fine
 
 
+def fake_processors() -> dict:
+    """Stand-ins for the image and text processors (only ``kind``, ``tokenizer`` and
+    ``request`` are read by the evaluators)."""
+    return {
+        m: types.SimpleNamespace(kind=m, tokenizer=ClassTokenizer(), request=m)
+        for m in ("image", "text")
+    }
+
+
 def install_fake_data(monkeypatch) -> dict:
     """Replaces the data module with FakeSource / fake_batches; returns the recorded
-    calls {"source": [(spec, kwargs)], "batches": [(batch_size, image_size, max)]}."""
+    calls {"source": [(spec, image_size, seed, requests)], "batches": [(batch_size,
+    modalities, max)]}."""
     calls = {"source": [], "batches": []}
 
-    def open_source(spec, **kwargs):
-        calls["source"].append((spec, kwargs))
+    def open_source(spec, *, image_size, seed, source_kwargs):
+        calls["source"].append((spec, image_size, seed, source_kwargs.requests))
         return FakeSource(TRAIN_LABELS if "train" in spec else LABELS)
 
-    def make_batches(source, *, batch_size, tokenizer, image_size, max_examples, options):
-        calls["batches"].append((batch_size, image_size, max_examples))
+    def make_batches(source, *, batch_size, processors, max_examples, options):
+        calls["batches"].append((batch_size, tuple(processors), max_examples))
         return fake_batches(source.labels[:max_examples], batch_size)
 
     monkeypatch.setattr(common, "open_eval_source", open_source)
@@ -76,5 +88,5 @@ def build(type_name, **cfg):
     """An evaluator of ``type_name`` named "ev" on "fake:test" with ``cfg`` overrides."""
     cfg = ml_collections.ConfigDict({"type": type_name, "data": "fake:test", **cfg})
     return evals.get_evaluator(type_name)(
-        "ev", cfg, image_size=2, seed=0, tokenizer=ClassTokenizer(), source_kwargs={"a": 1}
+        "ev", cfg, processors=fake_processors(), image_size=2, seed=0
     )

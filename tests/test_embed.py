@@ -26,7 +26,9 @@ def _unit(x):
 
 def fake_encoder(max_len=16):
     """Embeddings that are plain functions of the pixels / token ids."""
-    return evaluate.Encoder(_unit, _unit, get_tokenizer("bytes", max_len), 5, "fake")
+    return evaluate.Encoder(
+        {"image": _unit, "text": _unit}, get_tokenizer("bytes", max_len), 5, "fake"
+    )
 
 
 def test_export_rows_match_an_independent_pass(tmp_path):

@@ -272,10 +272,8 @@ def fake_data(monkeypatch):
 def test_zeroshot_evaluator_with_oracle_and_wrong_model(fake_data):
     ev = build("zeroshot", batch_size=4, every_steps=5)
     assert ev.every_steps == 5
-    assert fake_data["source"] == [
-        ("fake:test", {"image_size": 2, "seed": 0, "source_kwargs": {"a": 1}})
-    ]
-    assert ev.run(oracle_images, oracle_texts) == {
+    assert fake_data["source"] == [("fake:test", 2, 0, ("image",))]
+    assert ev.run({"image": oracle_images, "text": oracle_texts}) == {
         "eval/ev/zeroshot_top1": 1.0,
         "eval/ev/zeroshot_top5": 1.0,
     }
@@ -283,9 +281,9 @@ def test_zeroshot_evaluator_with_oracle_and_wrong_model(fake_data):
     def shifted_images(images):  # predicts label + 1: top-1 always wrong, 4 classes < 5
         return np.roll(oracle_images(images), 1, axis=1)
 
-    m = ev.run(shifted_images, oracle_texts)
+    m = ev.run({"image": shifted_images, "text": oracle_texts})
     assert m == {"eval/ev/zeroshot_top1": 0.0, "eval/ev/zeroshot_top5": 1.0}
-    assert fake_data["batches"] == [(4, 2, None)]  # the pass was cached after the first run
+    assert fake_data["batches"] == [(4, ("image",), None)]  # cached after the first run
 
 
 def test_zeroshot_evaluator_classnames_from_file_and_list(fake_data, tmp_path):
@@ -293,16 +291,16 @@ def test_zeroshot_evaluator_classnames_from_file_and_list(fake_data, tmp_path):
     path.write_text("\n".join(CLASSES) + "\n\n")
     ev = build("zeroshot", classnames=str(path), templates=["{}"], max_examples=8)
     assert ev.classnames == CLASSES and ev.templates == ["{}"]
-    assert ev.run(oracle_images, oracle_texts)["eval/ev/zeroshot_top1"] == 1.0
+    assert ev.run({"image": oracle_images, "text": oracle_texts})["eval/ev/zeroshot_top1"] == 1.0
     assert fake_data["batches"][0][2] == 8
     # Class order matters: reversed names make every image wrong.
     rev = build("zeroshot", classnames=CLASSES[::-1])
-    assert rev.run(oracle_images, oracle_texts)["eval/ev/zeroshot_top1"] == 0.0
+    assert rev.run({"image": oracle_images, "text": oracle_texts})["eval/ev/zeroshot_top1"] == 0.0
 
 
 def test_retrieval_evaluator_merges_duplicate_captions(fake_data):
     ev = build("retrieval", batch_size=4)
-    m = ev.run(oracle_images, oracle_texts)
+    m = ev.run({"image": oracle_images, "text": oracle_texts})
     assert set(m) == {
         f"eval/ev/{d}_{s}"
         for d in ("img2txt", "txt2img")
@@ -315,15 +313,15 @@ def test_retrieval_evaluator_merges_duplicate_captions(fake_data):
     def blind_texts(tokens):  # every text the same vector: all queries tie, ranked last
         return np.ones((len(tokens), len(CLASSES)), np.float32) / 2
 
-    blind = ev.run(oracle_images, blind_texts)
+    blind = ev.run({"image": oracle_images, "text": blind_texts})
     assert blind["eval/ev/img2txt_r@1"] == 0.0 and blind["eval/ev/img2txt_mean_rank"] == 4.0
 
 
 def test_eval_batches_not_cached_when_too_big(fake_data, monkeypatch):
     monkeypatch.setattr(common, "CACHE_MAX_BYTES", 100)
     ev = build("retrieval", batch_size=4)
-    first = ev.run(oracle_images, oracle_texts)
-    assert ev.run(oracle_images, oracle_texts) == first
+    first = ev.run({"image": oracle_images, "text": oracle_texts})
+    assert ev.run({"image": oracle_images, "text": oracle_texts}) == first
     assert len(fake_data["batches"]) == 2
 
 
@@ -356,11 +354,13 @@ def test_registry_and_default_configs():
     zs = evals.get_evaluator("zeroshot").default_config()
     rt = evals.get_evaluator("retrieval").default_config()
     common_keys = {"type", "data", "every_steps", "max_examples", "batch_size", "label_key"}
-    assert set(zs) == common_keys | {"classnames", "templates"} and zs.type == "zeroshot"
-    assert set(rt) == common_keys and rt.type == "retrieval"
+    pair_keys = common_keys | {"query", "candidates"}
+    assert set(zs) == pair_keys | {"classnames", "templates"} and zs.type == "zeroshot"
+    assert set(rt) == pair_keys and rt.type == "retrieval"
+    assert (rt.query, rt.candidates) == ("image", "text")
     with pytest.raises(ValueError, match=r"evals\.ev\.type: expected 'retrieval'"):
         evals.RetrievalEvaluator(
-            "ev", {"type": "zeroshot", "data": "x"}, image_size=2, seed=0, tokenizer=None
+            "ev", {"type": "zeroshot", "data": "x"}, processors={}, image_size=2, seed=0
         )
 
 
@@ -375,12 +375,13 @@ def test_rank_of_positives_rejects_duplicate_or_missing_positives():
 def test_zeroshot_on_generated_shapes_with_oracle_model():
     """The real data path: source classnames/templates, eval batches and tokenizer."""
     pytest.importorskip("multimodal_ssl.data.sources")
-    pytest.importorskip("multimodal_ssl.data.pipeline")
+    pipeline = pytest.importorskip("multimodal_ssl.data.pipeline")
     tokenizers = pytest.importorskip("multimodal_ssl.data.tokenizers")
     tokenizer = tokenizers.get_tokenizer("bytes", 48)
     cfg = evals.ZeroShotEvaluator.default_config()
     cfg.update({"data": "generated:shapes:test", "max_examples": 40, "batch_size": 16})
-    ev = evals.ZeroShotEvaluator("shapes", cfg, image_size=16, seed=0, tokenizer=tokenizer)
+    processors = pipeline.image_text_processors(tokenizer, 16)
+    ev = evals.ZeroShotEvaluator("shapes", cfg, processors=processors, image_size=16, seed=0)
     num_classes = len(ev.classnames)
     assert num_classes > 5 and ev.templates
     # The oracle knows each test image's label, and reads the class off a prompt.
@@ -403,7 +404,7 @@ def test_zeroshot_on_generated_shapes_with_oracle_model():
     def embed_texts(tokens):  # rows that are no prompt (batch padding) get class 0
         return onehot[[class_of_prompt.get(row.tobytes(), 0) for row in np.asarray(tokens)]]
 
-    m = ev.run(embed_images, embed_texts)
+    m = ev.run({"image": embed_images, "text": embed_texts})
     assert m == {"eval/shapes/zeroshot_top1": 1.0, "eval/shapes/zeroshot_top5": 1.0}
-    wrong = ev.run(lambda im: embed_images(im, shift=1), embed_texts)
+    wrong = ev.run({"image": lambda im: embed_images(im, shift=1), "text": embed_texts})
     assert wrong["eval/shapes/zeroshot_top1"] == 0.0

@@ -273,8 +273,8 @@ def test_geometry_rejects_bad_input():
 
 def test_knn_and_linear_probe_evaluators_with_oracle(fake_data):
     ev = build("knn", train_data="fake:train", ks=(1, 3), batch_size=4)
-    assert [spec for spec, _ in fake_data["source"]] == ["fake:test", "fake:train"]
-    assert ev.run(oracle_images, oracle_texts) == {
+    assert [call[0] for call in fake_data["source"]] == ["fake:test", "fake:train"]
+    assert ev.run({"image": oracle_images, "text": oracle_texts}) == {
         "eval/ev/knn@1_top1": 1.0,
         "eval/ev/knn@3_top1": 1.0,
     }
@@ -282,20 +282,20 @@ def test_knn_and_linear_probe_evaluators_with_oracle(fake_data):
     def constant(images):  # every image the same: all neighbours tie, first train label wins
         return np.ones((len(images), 4), np.float32)
 
-    m = ev.run(constant, oracle_texts)
+    m = ev.run({"image": constant, "text": oracle_texts})
     assert m["eval/ev/knn@1_top1"] == pytest.approx(
         np.mean(np.array([0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2]) == TRAIN_LABELS[0])
     )
 
     lp = build("linear_probe", train_data="fake:train", max_train_examples=8, max_steps=50)
-    m = lp.run(oracle_images, oracle_texts)
+    m = lp.run({"image": oracle_images, "text": oracle_texts})
     assert m["eval/ev/linear_probe_top1"] == 1.0
     assert set(m) == {f"eval/ev/linear_probe_{k}" for k in ("top1", "val_top1", "l2")}
     assert fake_data["batches"][-2][2] == 8  # max_train_examples reached the train split
 
 
 def test_geometry_evaluator_with_oracle(fake_data):
-    m = build("geometry", batch_size=4).run(oracle_images, oracle_texts)
+    m = build("geometry", batch_size=4).run({"image": oracle_images, "text": oracle_texts})
     assert m["eval/ev/alignment"] == 0.0 and m["eval/ev/modality_gap"] == 0.0
     assert m["eval/ev/effective_rank_image"] == pytest.approx(
         geometry.effective_rank(np.eye(4)[[0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2]])

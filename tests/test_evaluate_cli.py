@@ -14,12 +14,10 @@ from absl import app, flags
 from tiny_checkpoint import write_tiny_npz
 
 from multimodal_ssl import evaluate
-from multimodal_ssl.data.tokenizers import get_tokenizer
+from multimodal_ssl.builder import Experiment
 from multimodal_ssl.metrics import read_metrics
 from multimodal_ssl.recipes import load_recipe
-from multimodal_ssl.sharding import make_mesh
 from multimodal_ssl.train import train
-from multimodal_ssl.train_state import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 # Overrides of the tiny recipe shared by the run and its re-evaluation.
@@ -73,19 +71,18 @@ def test_checkpoint_forms_and_steps(workdir):
     """The workdir, its checkpoints/ folder and a step folder all resolve; the params of
     the step asked for are restored (steps 1 and 2 differ)."""
     config = tiny_config()
-    model = build_model(config, get_tokenizer("bytes", 16).vocab_size)
-    mesh = make_mesh({"data": -1}, jax.devices()[:1])
-    newest, step = evaluate.load_params(config, model, str(workdir / "checkpoints"), mesh)
+    exp = Experiment(config, jax.devices()[:1])
+    newest, step = evaluate.load_params(exp, str(workdir / "checkpoints"))
     assert step == 2
-    first, step = evaluate.load_params(config, model, str(workdir / "checkpoints" / "1"), mesh)
+    first, step = evaluate.load_params(exp, str(workdir / "checkpoints" / "1"))
     assert step == 1
-    same, _ = evaluate.load_params(config, model, str(workdir), mesh, step=1)
+    same, _ = evaluate.load_params(exp, str(workdir), step=1)
     leaves = [jax.tree.leaves(t) for t in (newest, first, same)]
     assert all(np.array_equal(a, b) for a, b in zip(leaves[1], leaves[2], strict=True))
     assert not all(np.array_equal(a, b) for a, b in zip(leaves[0], leaves[1], strict=True))
     with pytest.raises(ValueError, match=r"--step=7: not among the checkpoints \[1, 2\]"):
-        evaluate.load_params(config, model, str(workdir), mesh, step=7)
-    encoder = evaluate.Encoder(None, None, None, 2, "")
+        evaluate.load_params(exp, str(workdir), step=7)
+    encoder = evaluate.Encoder({}, None, 2, "")
     with pytest.raises(ValueError, match=r"--evals: \['knn'\] not in config.evals"):
         evaluate.run_evals(config, encoder, ["knn"])
 

@@ -10,14 +10,14 @@ import pytest
 from tiny_checkpoint import write_tiny_npz
 
 from multimodal_ssl import pretrained
+from multimodal_ssl.builder import Experiment
 from multimodal_ssl.config import validate
 from multimodal_ssl.data.tokenizers import get_tokenizer
 from multimodal_ssl.models.layout import scan_layers, unscan_layers
 from multimodal_ssl.optim import make_optimizer
 from multimodal_ssl.recipes import load_recipe
-from multimodal_ssl.sharding import make_mesh, to_global
+from multimodal_ssl.sharding import to_global
 from multimodal_ssl.train import train
-from multimodal_ssl.train_state import build_model, init_state, make_train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,13 +40,9 @@ def lit_config(path, **optim):
 
 def abstract_step(config):
     """(abstract train state, jitted step) of ``config``; nothing is compiled."""
-    mesh = make_mesh(config.mesh, jax.devices()[:2])
-    vocab = get_tokenizer(config.data.tokenizer, config.data.max_text_len).vocab_size
-    config, imported = pretrained.init_from_config(config, vocab)
-    model = build_model(config, vocab)
-    tx, schedule = make_optimizer(config.optim, config.total_steps)
-    abstract = jax.eval_shape(lambda: init_state(model, tx, config, mesh, imported))
-    return abstract, make_train_step(model, tx, schedule, config, mesh, abstract), mesh
+    exp = Experiment(config, jax.devices()[:2])
+    abstract = jax.eval_shape(exp.init_state)
+    return abstract, exp.train_step(abstract), exp.mesh
 
 
 def batch(config, mesh):

@@ -1,25 +1,21 @@
 """Data, FSDP and tensor-parallel meshes (and GradCache micro-batches) train exactly like
 one device: same losses for 10 steps, params and optimizer state sharded as configured,
-orbax checkpoints of sharded states restore (also onto another mesh)."""
+orbax checkpoints of sharded states restore (also onto another mesh). The same holds for
+an audio/text model (audio tower, FSDP over 8 devices, ring loss)."""
 
 import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from multimodal_ssl.builder import Experiment
 from multimodal_ssl.checkpointing import Checkpointer, abstract_like
+from multimodal_ssl.config import set_towers
+from multimodal_ssl.data.tokenizers import Tokenizer
 from multimodal_ssl.models.layout import path_str
-from multimodal_ssl.optim import make_optimizer
 from multimodal_ssl.recipes import load_recipe
 from multimodal_ssl.sharding import make_mesh, to_global
-from multimodal_ssl.train_state import (
-    TrainState,
-    build_model,
-    dummy_inputs,
-    init_state,
-    make_train_step,
-    state_shardings,
-)
+from multimodal_ssl.train_state import TrainState, state_shardings
 from tests.test_train import ROOT
 
 STEPS, VOCAB = 10, 257
@@ -60,43 +56,66 @@ CASES = {
 }
 
 
-def _config(mesh_sizes, microbatches=1):
+class _Vocab(Tokenizer):
+    """A tokenizer of VOCAB ids (the batches are random ids; nothing is encoded)."""
+
+    vocab_size = VOCAB
+
+    def _ids(self, text):
+        raise NotImplementedError
+
+    def _text(self, ids):
+        raise NotImplementedError
+
+
+def _config(mesh_sizes, microbatches=1, audio=False):
     config = load_recipe(str(ROOT / "configs" / "siglip.py"), "tiny")  # ring loss
     config.mesh.update({"data": 1, "fsdp": 1, "model": 1, **mesh_sizes})
     config.sharding.fsdp_min_size = 0  # the tiny model's params are all small
     config.model.image.pool, config.model.text.pool = "gap", "mean"  # fewer params to compile
+    if audio:  # an audio/text model: 0.25 s clips, 20 frames x 16 mel bins, patch 4
+        tiny = {"width": 32, "depth": 1, "mlp_dim": 64, "num_heads": 2}
+        audio_tower = {"type": "audio", "patch_size": 4, **tiny}
+        set_towers(config, {"audio": audio_tower, "text": config.model.towers.text})
+        config.data.pp = {"audio": "resample(16000)|crop(0.25)|log_mel(16, 25, 12.5)"}
+        config.loss.pairs = "audio-text"
     config.optim.microbatches = microbatches
     return config
 
 
-def _batches(config):
+def _experiment(config, devices):
+    return Experiment(config, devices, tokenizer=_Vocab(config.data.max_text_len))
+
+
+def _batches(exp):
+    """STEPS fixed random batches: ids for int inputs, uniform floats for the others."""
     rng = np.random.default_rng(0)
-    s, n, length = config.data.image_size, config.batch_size, config.data.max_text_len
-    return [
-        {
-            "image": rng.uniform(-1, 1, (n, s, s, 3)).astype(np.float32),
-            "text": rng.integers(0, VOCAB, (n, length)).astype(np.int32),
-        }
-        for _ in range(STEPS)
-    ]
+    n = exp.config.batch_size
+
+    def draw(spec):
+        shape = (n, *spec.shape[1:])
+        if np.issubdtype(spec.dtype, np.integer):
+            return rng.integers(0, VOCAB, shape).astype(spec.dtype)
+        return rng.uniform(-1, 1, shape).astype(spec.dtype)
+
+    return [{m: draw(s) for m, s in exp.input_specs.items()} for _ in range(STEPS)]
 
 
 def _train(config, devices, initial_params=None):
     """STEPS steps on fixed batches; returns (losses, final state, mesh)."""
-    mesh = make_mesh(config.mesh, devices)
-    model = build_model(config, VOCAB)
-    tx, schedule = make_optimizer(config.optim, config.total_steps)
+    exp = _experiment(config, devices)
     if initial_params is None:
-        state = init_state(model, tx, config, mesh)
+        state = exp.init_state()
     else:  # the reference's initial state, placed by this mesh's rules (no init compile)
         abstract = jax.eval_shape(lambda: initial_params)
-        state = jax.device_put(initial_params, state_shardings(abstract, mesh, config.sharding))
-    step = make_train_step(model, tx, schedule, config, mesh, abstract_like(state))
+        shardings = state_shardings(abstract, exp.mesh, config.sharding)
+        state = jax.device_put(initial_params, shardings)
+    step = exp.train_step(state)
     losses = []
-    for batch in _batches(config):
-        state, metrics = step(state, to_global(batch, mesh))
+    for batch in _batches(exp):
+        state, metrics = step(state, to_global(batch, exp.mesh))
         losses.append(float(metrics["train/loss"]))
-    return np.array(losses), state, mesh
+    return np.array(losses), state, exp.mesh
 
 
 def _padded(spec, ndim):
@@ -109,22 +128,38 @@ def _leaf(tree, suffix):
     return hits
 
 
-@pytest.fixture(scope="module")
-def reference():
+def _reference(config):
     """Random initial state (numpy: no init compile) and its 1-device loss curve."""
-    config = _config({})
-    model = build_model(config, VOCAB)
-    tx, _ = make_optimizer(config.optim, config.total_steps)
-    inputs = dummy_inputs(config)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), **inputs)["params"])
+    exp = _experiment(config, jax.devices()[:1])
+    tx, _ = exp.optimizer
+    inputs = {m: jax.numpy.zeros(s.shape, s.dtype) for m, s in exp.input_specs.items()}
+    shapes = jax.eval_shape(lambda: exp.model.init(jax.random.key(0), inputs)["params"])
     rng = np.random.default_rng(1)
     params = jax.tree.map(lambda s: rng.normal(0, 0.2, s.shape).astype(np.float32), shapes)
-    params.update(t=np.float32(config.model.t_init), b=np.float32(config.model.b_init))
+    params.update(jax.device_get(exp.objective.init_params()))
     opt_state = jax.device_get(jax.jit(tx.init)(params))
-    initial = TrainState(step=np.zeros((), np.int32), params=params, opt_state=opt_state)
+    key = np.asarray(jax.random.key_data(jax.random.key(0)))
+    initial = TrainState(step=np.zeros((), np.int32), params=params, opt_state=opt_state, rng=key)
     losses, _, _ = _train(config, jax.devices()[:1], initial)
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
     return initial, losses
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return _reference(_config({}))
+
+
+def test_audio_tower_fsdp8_ring_trains_like_one_device():
+    """The audio tower (ViT over log-mel patches) with the text tower: FSDP over 8
+    emulated devices and the ring loss reproduce the 1-device losses of 10 steps."""
+    initial, ref_losses = _reference(_config({}, audio=True))
+    config = _config({"data": 1, "fsdp": 8}, audio=True)
+    assert config.loss.impl == "ring"
+    losses, state, _ = _train(config, jax.devices()[:8], initial)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-4)
+    kernel = _leaf(state.params, "audio/Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel")[0]
+    assert _padded(kernel.sharding.spec, 2) == (None, "fsdp")
 
 
 @pytest.mark.parametrize("case", list(CASES))

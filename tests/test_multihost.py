@@ -12,14 +12,12 @@ import orbax.checkpoint as ocp
 import pytest
 
 from multimodal_ssl import distributed
+from multimodal_ssl.builder import Experiment
 from multimodal_ssl.checkpointing import abstract_like
 from multimodal_ssl.data.pipeline import train_loader_from_config
-from multimodal_ssl.data.tokenizers import get_tokenizer
 from multimodal_ssl.metrics import read_metrics
-from multimodal_ssl.optim import make_optimizer
 from multimodal_ssl.recipes import load_recipe
-from multimodal_ssl.sharding import make_mesh, to_global
-from multimodal_ssl.train_state import build_model, init_state, make_train_step
+from multimodal_ssl.sharding import to_global
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROCESSES, STEPS = 2, 2
@@ -95,26 +93,23 @@ def _wait(procs, logdir):
 def _reference(c):
     """One process, the same mesh shape on 2 local devices, fed the concatenation of the
     two processes' data shards: the global batches the 2-process run sees."""
-    mesh = make_mesh(c.mesh, jax.devices()[:PROCESSES])
-    tokenizer = get_tokenizer(c.data.tokenizer, c.data.max_text_len)
+    exp = Experiment(c, jax.devices()[:PROCESSES])
     local = c.batch_size // PROCESSES
     shards = [
         iter(
             train_loader_from_config(
-                c, batch_size=local, tokenizer=tokenizer, shard_index=i, shard_count=PROCESSES
+                c, batch_size=local, tokenizer=exp.tokenizer, shard_index=i, shard_count=PROCESSES
             )
         )
         for i in range(PROCESSES)
     ]
-    model = build_model(c, tokenizer.vocab_size)
-    tx, schedule = make_optimizer(c.optim, c.total_steps)
-    state = init_state(model, tx, c, mesh)
-    step = make_train_step(model, tx, schedule, c, mesh, abstract_like(state))
+    state = exp.init_state()
+    step = exp.train_step(state)
     losses = []
     for _ in range(STEPS):
         parts = [next(s) for s in shards]
-        batch = {k: np.concatenate([p[k] for p in parts]) for k in ("image", "text")}
-        state, metrics = step(state, to_global(batch, mesh))
+        batch = {k: np.concatenate([p[k] for p in parts]) for k in exp.modalities}
+        state, metrics = step(state, to_global(batch, exp.mesh))
         losses.append(float(metrics["train/loss"]))
     return np.array(losses), state
 

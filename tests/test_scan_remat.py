@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from multimodal_ssl import losses
-from multimodal_ssl.models import TwoTower
+from multimodal_ssl.config import set_towers
+from multimodal_ssl.losses.objectives import make_objective, objective_config
 from multimodal_ssl.models.common import Encoder
 from multimodal_ssl.models.layout import scan_layers, unscan_layers
+from multimodal_ssl.models.towers import MultiTower, build_model
 from multimodal_ssl.recipes import load_recipe
-from multimodal_ssl.train_state import build_model
 from tests.test_train import ROOT
 
 KEY = jax.random.key(0)
@@ -23,9 +24,11 @@ SIZES = {"width": 16, "depth": 3, "mlp_dim": 32, "num_heads": 2}
 
 def _model(scan=False, remat="none", dtype="float32"):
     tower = {**SIZES, "scan": scan, "remat": remat}
-    return TwoTower(
-        image={**tower, "variant": "mu/4", "pool": "map"},
-        text={**tower, "vocab_size": 40, "max_len": 6, "pool": "last"},
+    return MultiTower(
+        towers={
+            "image": {"type": "vit", **tower, "variant": "mu/4", "pool": "map"},
+            "text": {"type": "text", **tower, "vocab_size": 40, "max_len": 6, "pool": "last"},
+        },
         embed_dim=8,
         dtype=dtype,
     )
@@ -35,13 +38,12 @@ def _inputs():
     rng = np.random.default_rng(0)
     image = jnp.asarray(rng.normal(size=(4, 8, 8, 3)), jnp.float32)
     text = jnp.asarray(rng.integers(0, 40, (4, 6)), jnp.int32)
-    return image, text
+    return {"image": image, "text": text}
 
 
 def _params():
     """Random N(0, 0.3^2) params of the per-layer model (no init compile)."""
-    image, text = _inputs()
-    shapes = jax.eval_shape(_model().init, KEY, image=image, text=text)["params"]
+    shapes = jax.eval_shape(_model().init, KEY, _inputs())["params"]
     rng = np.random.default_rng(1)
     return jax.tree.map(lambda s: jnp.asarray(0.3 * rng.normal(size=s.shape), s.dtype), shapes)
 
@@ -56,8 +58,7 @@ def test_layout_conversion_round_trip_and_matches_scanned_init():
         block["MlpBlock_0"]["Dense_0"]["kernel"][2],
         params["img"]["Transformer"]["encoderblock_2"]["MlpBlock_0"]["Dense_0"]["kernel"],
     )
-    image, text = _inputs()
-    init = jax.eval_shape(_model(scan=True).init, KEY, image=image, text=text)["params"]
+    init = jax.eval_shape(_model(scan=True).init, KEY, _inputs())["params"]
     assert jax.tree.structure(init) == jax.tree.structure(scanned)
     assert jax.tree.map(lambda a: a.shape, init) == jax.tree.map(lambda a: a.shape, scanned)
     back = unscan_layers(scanned)
@@ -104,24 +105,27 @@ def test_scan_and_remat_give_the_same_loss_and_gradient():
 
 
 def test_unknown_remat_policy_is_rejected():
-    image, text = _inputs()
     with pytest.raises(ValueError, match="Encoder.remat: 'everything' is not one of"):
-        jax.eval_shape(_model(remat="everything").init, KEY, image=image, text=text)
+        jax.eval_shape(_model(remat="everything").init, KEY, _inputs())
 
 
 def test_bf16_compute_keeps_f32_params_grads_and_loss():
     """Abstract evaluation (dtypes only, no compile); values: tests/test_models.py."""
-    image, text = _inputs()
-    model = _model(dtype="bfloat16")
-    params = jax.eval_shape(model.init, KEY, image=image, text=text)["params"]
+    inputs, model = _inputs(), _model(dtype="bfloat16")
+    # The towers' params and the objective's temperature t, as in the train state.
+    params = {
+        **jax.eval_shape(model.init, KEY, inputs)["params"],
+        **make_objective(objective_config("softmax"), ("image", "text")).init_params(),
+    }
 
     def loss(p):
-        zimg, ztxt, out = model.apply({"params": p}, image=image, text=text)
-        assert zimg.dtype == ztxt.dtype == jnp.float32  # logits are formed in f32
-        return losses.softmax_loss(zimg, ztxt, out["t"])
+        z = model.apply({"params": {k: p[k] for k in ("img", "txt")}}, inputs)
+        assert z["image"].dtype == z["text"].dtype == jnp.float32  # logits are formed in f32
+        return losses.softmax_loss(z["image"], z["text"], p["t"])
 
     value, grads = jax.eval_shape(jax.value_and_grad(loss), params)
     assert value.dtype == jnp.float32
+    assert set(grads) == {"img", "txt", "t"}
     assert {g.dtype for g in jax.tree.leaves(grads)} == {jnp.dtype(jnp.float32)}
     jaxpr = str(jax.make_jaxpr(loss)(params))
     assert "bf16" in jaxpr  # the towers' matmuls do run in bfloat16
@@ -130,7 +134,13 @@ def test_bf16_compute_keeps_f32_params_grads_and_loss():
 def test_config_scan_and_remat_reach_both_towers_unless_a_tower_sets_its_own():
     config = load_recipe(str(ROOT / "configs" / "siglip.py"), "tiny")
     config.model.scan, config.model.remat = True, "dots"
-    config.model.text.remat = "full"
+    config.model.text.remat = "full"  # alias of config.model.towers.text
     model = build_model(config, vocab_size=50)
-    assert (model.image["scan"], model.image["remat"]) == (True, "dots")
-    assert (model.text["scan"], model.text["remat"]) == (True, "full")
+    image, text = model.towers["image"], model.towers["text"]
+    assert (image["scan"], image["remat"]) == (True, "dots")
+    assert (text["scan"], text["remat"]) == (True, "full")
+    # A tower without scan/remat fields (an MLP) does not get them.
+    set_towers(config, {**config.model.towers, "features": {"type": "mlp", "width": 8}})
+    towers = build_model(config, vocab_size=50).towers
+    assert (towers["image"]["scan"], towers["text"]["remat"]) == (True, "full")
+    assert "scan" not in towers["features"] and "remat" not in towers["features"]

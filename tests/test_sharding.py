@@ -11,7 +11,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from multimodal_ssl import config as config_lib
-from multimodal_ssl.models import TwoTower
+from multimodal_ssl.losses.objectives import make_objective, objective_config
+from multimodal_ssl.models import MultiTower
 from multimodal_ssl.models.layout import path_str, unannotated
 from multimodal_ssl.recipes import load_recipe
 from multimodal_ssl.sharding import (
@@ -112,15 +113,23 @@ def test_param_spec(shape, axes, sizes, min_size, expected):
 
 
 def _tiny_state(image=None, text=None, tx=None):
-    """Abstract params and optimizer state of a depth-2 two-tower model (no compile)."""
+    """Abstract params (towers and the sigmoid objective's t, b, as in the train state)
+    and optimizer state of a depth-2 image/text model (no compile)."""
     sizes = {"width": 32, "depth": 2, "mlp_dim": 64, "num_heads": 2}
-    model = TwoTower(
-        image={"variant": "mu/8", **sizes, **(image or {})},
-        text={"variant": "mu", **sizes, "vocab_size": 50, "max_len": 8, **(text or {})},
+    text = {"variant": "mu", **sizes, "vocab_size": 50, "max_len": 8, **(text or {})}
+    model = MultiTower(
+        towers={
+            "image": {"type": "vit", "variant": "mu/8", **sizes, **(image or {})},
+            "text": {"type": "text", **text},
+        },
         embed_dim=16,
     )
     inputs = {"image": jnp.zeros((1, 16, 16, 3)), "text": jnp.zeros((1, 8), jnp.int32)}
-    params = jax.eval_shape(model.init, jax.random.key(0), **inputs)["params"]
+    objective = make_objective(objective_config("sigmoid"), ("image", "text"))
+    params = {
+        **jax.eval_shape(model.init, jax.random.key(0), inputs)["params"],
+        **jax.eval_shape(objective.init_params),
+    }
     return params, jax.eval_shape((tx or optax.adamw(1e-3)).init, params)
 
 

@@ -17,9 +17,10 @@ from multimodal_ssl.models.vit import ViT
 class AudioTransformer(ViT):
     """log-mel spectrograms f32 [b, frames, n_mels] -> [b, num_classes or width] f32.
 
-    ``frames`` and ``n_mels`` must be divisible by the patch size (e.g. 100 frames of
-    10 ms and 64 mel bins with patch 4 or a ``(16, 4)``-style pair ``(freq, time)``).
-    Fields: those of ViT (``pool`` defaults to ``"gap"`` here).
+    ``n_mels`` must be divisible by the patch's frequency side; trailing frames that do
+    not fill a whole patch are dropped (log-mel pipelines give ``1 + T // hop`` frames,
+    e.g. 101 for 1 s at a 10 ms hop: patch 4 uses the first 100). ``patch_size``: an int
+    or a ``(freq, time)`` pair. Fields: those of ViT (``pool`` defaults to ``"gap"``).
     """
 
     pool: str = "gap"
@@ -30,4 +31,12 @@ class AudioTransformer(ViT):
                 f"AudioTransformer: spectrogram must be [b, frames, n_mels], got shape "
                 f"{spectrogram.shape}"
             )
-        return super().__call__(jnp.swapaxes(spectrogram, 1, 2)[..., None], train=train)
+        time_patch = self.sizes()["patch_size"][1]
+        usable = spectrogram.shape[1] // time_patch * time_patch
+        if usable == 0:
+            raise ValueError(
+                f"AudioTransformer: {spectrogram.shape[1]} frames are fewer than the time patch "
+                f"{time_patch}"
+            )
+        x = jnp.swapaxes(spectrogram[:, :usable], 1, 2)[..., None]
+        return super().__call__(x, train=train)
