@@ -68,6 +68,16 @@ SPLITS = ("train", "test")
 # size and position (prompt ensembling as in CLIP).
 TEMPLATES = tuple(f"a {size} {{}} {phrase}" for size in SIZES for phrase in PHRASES)
 CLASS_KINDS = ("shape_color", "shape", "color")
+# Label field (an eval's label_key) -> class kind, and prompts neutral in the other
+# attributes (every colour for shapes, every shape for colours).
+LABEL_KINDS = {"label": "shape_color", "shape_label": "shape", "color_label": "color"}
+KIND_TEMPLATES = {
+    "shape_color": TEMPLATES,
+    "shape": tuple(f"a {size} {color} {{}} {p}" for size in SIZES for color in COLORS
+                   for p in PHRASES),
+    "color": tuple(f"a {size} {{}} {shape} {p}" for size in SIZES for shape in SHAPES
+                   for p in PHRASES),
+}
 _MAX_ATTEMPTS = 10_000  # rejection-sampling attempts before giving up on a split
 
 
@@ -339,8 +349,10 @@ class ShapesSource:
     request instead of image/depth/caption; fields: ``image``, ``depth``, ``caption``
     (also the default of key ``text``) and ``audio`` (f32 [T] waveform at
     ``options.audio_sample_rate``, synthesised only when requested).
-    Attributes ``classnames`` (shape+colour, label order) and ``templates`` serve the
-    zero-shot eval.
+    Attributes ``classnames`` (label order) and ``templates`` serve the zero-shot eval;
+    ``label_key`` (an eval's): ``label`` (shape+colour, default), ``shape_label`` or
+    ``color_label`` becomes the record's ``label``, with that kind's class names and
+    prompts neutral in the other attribute.
     """
 
     FIELDS = ("image", "depth", "caption", "audio")
@@ -353,6 +365,7 @@ class ShapesSource:
         seed: int,
         options: ShapesOptions,
         requests: Sequence[FieldRequest] | None = None,
+        label_key: str | None = None,
     ):
         if split not in SPLITS:
             raise ValueError(f"generated:shapes split: {split!r} is not one of {list(SPLITS)}")
@@ -364,8 +377,14 @@ class ShapesSource:
         self.image_size = image_size
         self.seed = seed
         self.options = options
-        self.classnames = classnames("shape_color")
-        self.templates = list(TEMPLATES)
+        self.label_key = label_key or "label"
+        if self.label_key not in LABEL_KINDS:
+            raise ValueError(
+                f"generated:shapes label_key: {label_key!r} is not one of {list(LABEL_KINDS)}"
+            )
+        kind = LABEL_KINDS[self.label_key]
+        self.classnames = classnames(kind)
+        self.templates = list(KIND_TEMPLATES[kind])
         self._length = options.train_examples if split == "train" else options.test_examples
         self._split_id = SPLITS.index(split)
         self.requests = tuple(requests) if requests is not None else None
@@ -396,6 +415,7 @@ class ShapesSource:
             "color_label": first.color,
             "id": index,
         }
+        record["label"] = record[self.label_key]
         if self.requests is None:
             image, depth = render(scene, self.image_size)
             return {"image": image, "depth": depth, "caption": caption(scene), **record}
@@ -433,6 +453,7 @@ class ShapesSource:
 
     def __repr__(self) -> str:  # stable: grain checks it when restoring iterator state
         fields = "" if self.requests is None else f", fields={self._names}"
+        fields += "" if self.label_key == "label" else f", label_key={self.label_key!r}"
         return (
             f"ShapesSource(split={self.split!r}, image_size={self.image_size}, "
             f"seed={self.seed}, options={self.options!r}{fields})"

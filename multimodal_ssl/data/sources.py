@@ -256,6 +256,7 @@ def _generated_source(rest: str, args: SourceArgs) -> Source:
         seed=args.seed,
         options=shapes.ShapesOptions(**args.options.shapes),
         requests=args.options.requests,
+        label_key=args.options.label_key,
     )
 
 
