@@ -139,8 +139,16 @@ def base_config() -> ml_collections.ConfigDict:
 def set_towers(config: ml_collections.ConfigDict, towers: Mapping[str, Any]) -> None:
     """Sets ``config.model.towers`` to ``towers`` ({modality: {"type": ..., ...}}) and points
     the aliases ``model.image`` / ``model.text`` at the image / text towers (None when
-    there is none)."""
-    config.model.towers = ml_collections.ConfigDict(dict(towers))
+    there is none). Each tower dict gets every key of its type's schema that it lacks
+    (module defaults), so the command line can set any of them
+    (``--config.model.towers.audio.dropout=0.1``); keys the model fills in itself
+    (``dtype``, ``num_classes``, ``scan``, ``remat``, a text tower's ``vocab_size`` and
+    ``max_len``) are left out unless given."""
+    from multimodal_ssl.models.towers import tower_defaults  # local: keep config light
+
+    config.model.towers = ml_collections.ConfigDict(
+        {m: {**tower_defaults(t["type"]), **dict(t)} for m, t in towers.items()}
+    )
     for modality in _ALIASES:
         config.model[modality] = config.model.towers.get(modality)
 

@@ -70,6 +70,30 @@ def tower_fields(type_name: str) -> list[str]:
     return sorted(fields - {"parent", "name"})
 
 
+# Tower keys the model (or the data config) fills in: not part of a tower's config schema.
+_INHERITED = ("dtype", "num_classes", "scan", "remat")
+_INHERITED_BY_TYPE = {"text": ("vocab_size", "max_len")}
+_SCALAR_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def tower_defaults(type_name: str) -> dict[str, Any]:
+    """``{key: default}`` of every scalar key of tower type ``type_name`` that a config may
+    set (None defaults as typed ml_collections placeholders)."""
+    inherited = (*_INHERITED, *_INHERITED_BY_TYPE.get(type_name, ()))
+    out: dict[str, Any] = {}
+    for field in dataclasses.fields(tower_class(type_name)):
+        if field.name in ("parent", "name", *inherited):
+            continue
+        kind = _SCALAR_TYPES.get(str(field.type).split("|")[0].strip())
+        if kind is None:
+            continue
+        if field.default is None:
+            out[field.name] = ml_collections.config_dict.placeholder(kind)
+        elif isinstance(field.default, kind):
+            out[field.name] = field.default
+    return out
+
+
 def param_name(modality: str) -> str:
     """Name of a modality's param subtree: ``img``/``txt`` for image/text, else itself."""
     return _PARAM_NAMES.get(modality, modality)
