@@ -30,15 +30,22 @@ SAMPLE_RATE = 8000  # audio: 1 s clips at 8 kHz, 32 ms windows, 16 ms hop -> 63 
 def imagebind_evals(every_steps: int, max_examples: int = 1024) -> ml_collections.ConfigDict:
     """Retrieval for every pair of MODALITIES and zero-shot from image, audio and depth
     on the held-out ``generated:shapes:test`` scenes."""
-    test = {"data": "generated:shapes:test", "every_steps": every_steps,
-            "max_examples": max_examples}
+    test = {
+        "data": "generated:shapes:test",
+        "every_steps": every_steps,
+        "max_examples": max_examples,
+    }
     evals = {
         f"retrieval_{a}_{b}": {"type": "retrieval", "query": a, "candidates": b, **test}
         for a, b in itertools.combinations(MODALITIES, 2)
     }
     for modality, label in (("image", None), ("audio", None), ("depth", "shape_label")):
-        evals[f"zeroshot_{modality}"] = {"type": "zeroshot", "query": modality,
-                                         "label_key": label, **test}
+        evals[f"zeroshot_{modality}"] = {
+            "type": "zeroshot",
+            "query": modality,
+            "label_key": label,
+            **test,
+        }
     return ml_collections.ConfigDict(evals)
 
 
@@ -62,14 +69,39 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     set_towers(
         config,
         {
-            "image": {"type": "vit", "variant": "mu/8", "width": 128, "depth": 3,
-                      "pool": "gap", **encoder},
-            "text": {"type": "text", "variant": "mu", "width": 128, "depth": 2,
-                     "pool": "mean", **encoder},
-            "depth": {"type": "vit", "variant": "mu/8", "width": 128, "depth": 2,
-                      "pool": "gap", **encoder},
-            "audio": {"type": "audio", "variant": "mu", "patch_size": (8, 7), "width": 128,
-                      "depth": 2, "pool": "gap", **encoder},
+            "image": {
+                "type": "vit",
+                "variant": "mu/8",
+                "width": 128,
+                "depth": 3,
+                "pool": "gap",
+                **encoder,
+            },
+            "text": {
+                "type": "text",
+                "variant": "mu",
+                "width": 128,
+                "depth": 2,
+                "pool": "mean",
+                **encoder,
+            },
+            "depth": {
+                "type": "vit",
+                "variant": "mu/8",
+                "width": 128,
+                "depth": 2,
+                "pool": "gap",
+                **encoder,
+            },
+            "audio": {
+                "type": "audio",
+                "variant": "mu",
+                "patch_size": (8, 7),
+                "width": 128,
+                "depth": 2,
+                "pool": "gap",
+                **encoder,
+            },
         },
     )
     config.model.embed_dim = 128

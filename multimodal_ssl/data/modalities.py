@@ -12,7 +12,7 @@ image      ``image``                    f32 [S, S, 3]   (``data.pp_train`` / ``p
 depth      ``depth``                    f32 [S, S, 1]   (``data.pp.depth``)
 text       ``caption``                  i32 [L]         (``data.tokenizer``, ``max_text_len``)
 audio      ``audio``                    f32 [frames, n_mels] (``data.pp.audio``)
-vector     the modality's name          f32 [...]       (the field's array as is)
+vector     the modality's name          f32 [...]       (``data.pp.<m>``: ``vector(d, ...)``)
 =========  ===========================  ==========================================
 
 ``data.fields.<modality>`` names another field. A processor works in three stages so
@@ -36,8 +36,13 @@ from multimodal_ssl.data.records import BadRecord, decode_caption, decode_image
 from multimodal_ssl.data.tokenizers import Tokenizer, get_tokenizer
 
 KINDS = ("image", "depth", "text", "audio", "vector")
-_KIND_OF_TOWER = {"vit": "image", "text": "text", "audio": "audio", "mlp": "vector",
-                  "sequence": "vector"}
+_KIND_OF_TOWER = {
+    "vit": "image",
+    "text": "text",
+    "audio": "audio",
+    "mlp": "vector",
+    "sequence": "vector",
+}
 _DEFAULT_FIELD = {"image": "image", "depth": "depth", "text": "caption", "audio": "audio"}
 DEFAULT_DEPTH_PP = "resize_small|center_crop|value_range(-1, 1)"
 
@@ -224,6 +229,25 @@ class VectorProcessor(Processor):
         return self.shape, np.dtype(np.float32)
 
 
+def vector_shape(spec: str) -> tuple[int, ...]:
+    """``"vector(16)"`` / ``"vector(100, 6)"`` -> the per-example shape of a vector
+    modality; ValueError otherwise."""
+    import ast
+
+    try:
+        node = ast.parse(spec.strip(), mode="eval").body
+        ok = isinstance(node, ast.Call) and getattr(node.func, "id", None) == "vector"
+        shape = tuple(ast.literal_eval(a) for a in node.args) if ok else ()
+    except (SyntaxError, ValueError):
+        shape = ()
+    if not shape or not all(isinstance(d, int) and d >= 1 for d in shape):
+        raise ValueError(
+            f"{spec!r}: a vector modality needs its per-example shape, e.g. 'vector(16)' or "
+            "'vector(100, 6)' (steps, channels)"
+        )
+    return shape
+
+
 def pp_spec(data_config: Mapping[str, Any], modality: str, default: str) -> str:
     """``data.pp.<modality>`` or ``default``."""
     pp = data_config.get("pp") or {}
@@ -262,10 +286,9 @@ def make_processors(
                 spec = pp_spec(data, modality, DEFAULT_AUDIO_PP)
                 out[modality] = AudioProcessor(modality, field, spec, train)
             else:
-                shape = tower.get("input_shape") if hasattr(tower, "get") else None
-                if shape is None:
-                    raise ValueError("vector modalities need the tower's input_shape")
-                out[modality] = VectorProcessor(modality, field, shape)
+                out[modality] = VectorProcessor(
+                    modality, field, vector_shape(pp_spec(data, modality, ""))
+                )
         except ValueError as e:
             raise ValueError(f"{key}: {e}") from None
     return out

@@ -33,6 +33,7 @@ def metric_name(modality: str) -> str:
     names every SigLIP/CLIP codebase reports), else the modality name."""
     return _METRIC_NAMES.get(modality, modality)
 
+
 # Query chunks hold at most this many scores ([chunk, num_candidates] f32 = 64 MiB).
 SCORE_BLOCK_ELEMENTS = 2**24
 # An evaluator keeps its eval batches in memory after the first pass if they fit.
@@ -239,9 +240,7 @@ def open_eval_source(spec: str, *, image_size: int, seed: int, source_kwargs: An
     )
 
 
-def make_batches(
-    source, *, batch_size: int, processors, max_examples: int | None, options=None
-):
+def make_batches(source, *, batch_size: int, processors, max_examples: int | None, options=None):
     """One ordered pass over ``source`` as numpy batches with one entry per processor
     (see data.pipeline); ``options``: the data options (``strict``)."""
     from multimodal_ssl.data import pipeline
@@ -457,6 +456,4 @@ class PairEvaluator(Evaluator):
     def check_config(cls, name: str, cfg: dict[str, Any]) -> None:
         super().check_config(name, cfg)
         if cfg["query"] == cfg["candidates"]:
-            raise ValueError(
-                f"evals.{name}.candidates: must differ from query ({cfg['query']!r})"
-            )
+            raise ValueError(f"evals.{name}.candidates: must differ from query ({cfg['query']!r})")

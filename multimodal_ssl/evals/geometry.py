@@ -127,6 +127,8 @@ class GeometryEvaluator(common.PairEvaluator):
         metrics = geometry_metrics(q_emb, c_emb, t=float(self.config["uniformity_t"]))
         rename = {"image": q, "text": c}
         return self._prefixed(
-            {re.sub(r"_(image|text)$", lambda m: f"_{rename[m.group(1)]}", k): v
-             for k, v in metrics.items()}
+            {
+                re.sub(r"_(image|text)$", lambda m: f"_{rename[m.group(1)]}", k): v
+                for k, v in metrics.items()
+            }
         )

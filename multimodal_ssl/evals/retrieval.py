@@ -117,8 +117,10 @@ class RetrievalEvaluator(common.PairEvaluator):
         cand, cand_to_query = dedupe_texts(kept[c])
         c_emb = common.embed_in_batches(embed[c], cand, self.batch_size)
         metrics = retrieval_metrics(q_emb, c_emb, cand_to_query, ks=self.KS)
-        names = {"img2txt": f"{common.metric_name(q)}2{common.metric_name(c)}",
-                 "txt2img": f"{common.metric_name(c)}2{common.metric_name(q)}"}
+        names = {
+            "img2txt": f"{common.metric_name(q)}2{common.metric_name(c)}",
+            "txt2img": f"{common.metric_name(c)}2{common.metric_name(q)}",
+        }
         return self._prefixed(
             {names[k.split("_", 1)[0]] + "_" + k.split("_", 1)[1]: v for k, v in metrics.items()}
         )

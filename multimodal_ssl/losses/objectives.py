@@ -228,9 +228,7 @@ class Pairwise(Objective):
             x, y = embeddings[a], embeddings[b]
             if a in masks or b in masks:
                 ones = jnp.ones(x.shape[0], bool)
-                loss = self.pair_loss_masked(
-                    x, y, scalars, masks.get(a, ones), masks.get(b, ones)
-                )
+                loss = self.pair_loss_masked(x, y, scalars, masks.get(a, ones), masks.get(b, ones))
             else:
                 loss = self.pair_loss(x, y, scalars, mesh)
             total = total + loss
