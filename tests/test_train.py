@@ -70,11 +70,17 @@ def _main_cmd(workdir, *overrides):
             f"--workdir={workdir}", *overrides]
 
 
+REGULARISED = {"model.image.dropout": 0.1, "model.text.dropout": 0.1,
+               "model.image.token_drop": 0.25, "model.text.stochastic_depth": 0.2}
+
+
 def test_kill_and_resume_continues_exactly(tmp_path):
     """SIGKILL after the first checkpoint; the same command resumes and the loss curve
-    equals an uninterrupted run step for step (same params, same data order)."""
+    equals an uninterrupted run step for step (same params, same data order, same
+    dropout / token-drop / stochastic-depth masks)."""
     overrides = ["--config.total_steps=60", "--config.checkpoint.every_steps=5",
-                 "--config.evals.zeroshot.every_steps=1000"]
+                 "--config.evals.zeroshot.every_steps=1000",
+                 *(f"--config.{k}={v}" for k, v in REGULARISED.items())]
     killed = tmp_path / "killed"
     proc = subprocess.Popen(_main_cmd(killed, *overrides), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -95,7 +101,7 @@ def test_kill_and_resume_continues_exactly(tmp_path):
 
     reference = tmp_path / "reference"
     config = tiny(**{"total_steps": 60, "checkpoint.every_steps": 5,
-                     "evals.zeroshot.every_steps": 1000})
+                     "evals.zeroshot.every_steps": 1000, **REGULARISED})
     train(config, str(reference))
     np.testing.assert_allclose(losses(killed, range(1, 61)), losses(reference, range(1, 61)),
                                rtol=1e-6)

@@ -121,18 +121,22 @@ def parse_pairs(spec: Any, modalities: Sequence[str]) -> list[tuple[str, str]]:
     ``"all"`` (every unordered pair). Modalities are taken in sorted order."""
     names = sorted(modalities)
     if isinstance(spec, str) and spec == "all":
-        return list(itertools.combinations(names, 2))
-    if isinstance(spec, str) and spec.startswith("anchor:"):
+        items = list(itertools.combinations(names, 2))
+    elif isinstance(spec, str) and spec.startswith("anchor:"):
         anchor = spec.partition(":")[2]
         if anchor not in names:
             _fail("pairs", f"anchor {anchor!r} has no tower; towers: {names}")
-        return [(anchor, m) for m in names if m != anchor]
-    if isinstance(spec, str):
-        items = [tuple(p.strip().split("-")) for p in spec.split(",") if p.strip()]
+        items = [(anchor, m) for m in names if m != anchor]
+    elif isinstance(spec, str):
+        items = [tuple(m.strip() for m in p.split("-")) for p in spec.split(",") if p.strip()]
     else:
         items = [tuple(p) for p in spec or ()]
     if not items:
-        _fail("pairs", f"no pairs in {spec!r}; e.g. 'image-text', 'anchor:image' or 'all'")
+        _fail(
+            "pairs",
+            f"no pairs in {spec!r} for towers {names}; e.g. 'image-text', 'anchor:image' or "
+            "'all' (with at least two towers)",
+        )
     for pair in items:
         if len(pair) != 2 or pair[0] == pair[1]:
             _fail("pairs", f"{'-'.join(pair)!r} is not a pair of two modalities 'a-b'")
@@ -143,8 +147,8 @@ def parse_pairs(spec: Any, modalities: Sequence[str]) -> list[tuple[str, str]]:
                     f"{'-'.join(pair)!r} names modality {m!r}, which has no tower "
                     f"(config.model.towers has {names})",
                 )
-    if len(set(items)) != len(items):
-        _fail("pairs", f"{spec!r} lists a pair twice")
+    if len({frozenset(p) for p in items}) != len(items):
+        _fail("pairs", f"{spec!r} lists a pair twice (a-b and b-a are the same pair)")
     return items
 
 

@@ -248,7 +248,11 @@ class MlpBlock(nn.Module):
 class EncoderBlock(nn.Module):
     """Pre-LN block: ``x + MHA(LN(x))``, then ``x + MLP(LN(x))``. x: [b, l, d] -> same.
 
-    Bidirectional (no mask), as in SigLIP's towers.
+    Bidirectional (no mask), as in SigLIP's towers. ``stochastic_depth`` p > 0 with
+    ``train=True`` (drop-path, Huang et al. 2016): each residual branch is zeroed per
+    example with probability ``rate = p * depth_scale``, else scaled by ``1 / (1 - rate)``,
+    drawing on the "dropout" rng. ``depth_scale`` may be traced (one value per layer
+    under ``nn.scan``); p = 0 or ``train=False`` leaves the block as without it.
     """
 
     mlp_dim: int
@@ -256,25 +260,43 @@ class EncoderBlock(nn.Module):
     gelu_approximate: bool = True
     dropout: float = 0.0
     dtype: Any = jnp.float32
+    stochastic_depth: float = 0.0
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
+    def __call__(
+        self, x: jnp.ndarray, *, train: bool = False, depth_scale: float | jax.Array = 1.0
+    ) -> jnp.ndarray:
         y = layer_norm(self.dtype, "LayerNorm_0")(x)
         y = attention(self.num_heads, self.dtype, "MultiHeadDotProductAttention_0")(y, y)
-        x = x + nn.Dropout(rate=self.dropout)(y, deterministic=not train)
+        y = nn.Dropout(rate=self.dropout)(y, deterministic=not train)
+        x = x + self._drop_path(y, depth_scale, train)
         y = layer_norm(self.dtype, "LayerNorm_1")(x)
         y = MlpBlock(
             self.mlp_dim, self.gelu_approximate, self.dropout, self.dtype, name="MlpBlock_0"
         )(y, train=train)
-        return x + nn.Dropout(rate=self.dropout)(y, deterministic=not train)
+        y = nn.Dropout(rate=self.dropout)(y, deterministic=not train)
+        return x + self._drop_path(y, depth_scale, train)
+
+    def _drop_path(
+        self, y: jnp.ndarray, depth_scale: float | jax.Array, train: bool
+    ) -> jnp.ndarray:
+        """y [b, ...] -> same: per example 0 with probability ``rate``, else y / (1 - rate)."""
+        if not train or self.stochastic_depth == 0:
+            return y
+        keep = 1.0 - self.stochastic_depth * depth_scale
+        shape = (y.shape[0],) + (1,) * (y.ndim - 1)
+        mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
+        return y * (mask / keep).astype(y.dtype)
 
 
 class _CarryBlock(EncoderBlock):
-    """EncoderBlock with a positional ``train`` (static under remat) returning the
-    ``(carry, output)`` pair that ``nn.scan`` needs."""
+    """EncoderBlock with positional ``depth_scale`` and ``train`` (static under remat),
+    returning the ``(carry, output)`` pair that ``nn.scan`` needs."""
 
-    def __call__(self, x: jnp.ndarray, train: bool = False) -> tuple[jnp.ndarray, None]:
-        return super().__call__(x, train=train), None
+    def __call__(
+        self, x: jnp.ndarray, depth_scale: float | jax.Array, train: bool = False
+    ) -> tuple[jnp.ndarray, None]:
+        return super().__call__(x, train=train, depth_scale=depth_scale), None
 
 
 def _block_class(remat: str, scan: bool) -> type[nn.Module]:
@@ -285,7 +307,7 @@ def _block_class(remat: str, scan: bool) -> type[nn.Module]:
     if policy is None:
         return _CarryBlock
     # prevent_cse is only needed outside scan (jax.checkpoint docs).
-    return nn.remat(_CarryBlock, policy=policy, static_argnums=(2,), prevent_cse=not scan)
+    return nn.remat(_CarryBlock, policy=policy, static_argnums=(3,), prevent_cse=not scan)
 
 
 class Encoder(nn.Module):
@@ -296,6 +318,9 @@ class Encoder(nn.Module):
     ``models.layout.scan_layers``/``unscan_layers``); compiles once per block instead
     of ``depth`` times. ``remat``: recompute each block's activations in the backward
     pass, saving only what the policy names (:data:`REMAT_POLICIES`).
+    ``stochastic_depth``: drop-path rate of the last block in [0, 1); block i (from 0)
+    uses ``stochastic_depth * (i + 1) / depth`` (Huang et al.'s linear decay), only with
+    ``train=True``; see :class:`EncoderBlock`.
     """
 
     depth: int
@@ -306,22 +331,35 @@ class Encoder(nn.Module):
     dtype: Any = jnp.float32
     scan: bool = False
     remat: str = "none"
+    stochastic_depth: float = 0.0
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
+        if not 0 <= self.stochastic_depth < 1:
+            raise ValueError(
+                f"Encoder.stochastic_depth: must be in [0, 1), got {self.stochastic_depth!r}"
+            )
         block = _block_class(self.remat, self.scan)
-        args = (self.mlp_dim, self.num_heads, self.gelu_approximate, self.dropout, self.dtype)
+        args = (
+            self.mlp_dim,
+            self.num_heads,
+            self.gelu_approximate,
+            self.dropout,
+            self.dtype,
+            self.stochastic_depth,
+        )
+        scales = np.arange(1, self.depth + 1, dtype=np.float32) / self.depth
         if self.scan:
             x, _ = nn.scan(
                 block,
                 variable_axes={"params": 0},
                 split_rngs={"params": True, "dropout": True},
-                in_axes=nn.broadcast,
+                in_axes=(0, nn.broadcast),
                 length=self.depth,
-            )(*args, name="encoderblock")(x, train)
+            )(*args, name="encoderblock")(x, jnp.asarray(scales), train)
         else:
             for i in range(self.depth):
-                x, _ = block(*args, name=f"encoderblock_{i}")(x, train)
+                x, _ = block(*args, name=f"encoderblock_{i}")(x, float(scales[i]), train)
         return layer_norm(self.dtype, "encoder_norm")(x)
 
 

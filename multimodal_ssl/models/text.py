@@ -28,6 +28,8 @@ class TextTransformer(nn.Module):
     no ``head``. ``dtype``: compute dtype; params are float32.
     ``dropout > 0`` applies only with ``train=True``, which then needs a "dropout" rng.
     ``scan``/``remat``: of the :class:`Encoder` (scanned layers, rematerialisation policy).
+    ``stochastic_depth``: the :class:`Encoder`'s drop-path rate (of its last block; linear
+    over depth), only with ``train=True``; draws on the "dropout" rng.
     """
 
     variant: str | None = None
@@ -44,6 +46,7 @@ class TextTransformer(nn.Module):
     dtype: Any = "float32"
     scan: bool = False
     remat: str = "none"
+    stochastic_depth: float = 0.0
 
     def sizes(self) -> dict[str, Any]:
         """Resolved ``width, depth, mlp_dim, num_heads``."""
@@ -94,6 +97,7 @@ class TextTransformer(nn.Module):
             dtype,
             scan=self.scan,
             remat=self.remat,
+            stochastic_depth=self.stochastic_depth,
             name="Encoder_0",
         )(x, train=train)
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -37,6 +38,11 @@ class ViT(nn.Module):
     ``dtype``: compute dtype ("float32" | "bfloat16"); params are float32.
     ``dropout > 0`` applies only with ``train=True``, which then needs a "dropout" rng.
     ``scan``/``remat``: of the :class:`Encoder` (scanned layers, rematerialisation policy).
+    ``stochastic_depth``: the :class:`Encoder`'s drop-path rate (of its last block; linear
+    over depth). ``token_drop`` r in [0, 1) (FLIP, arXiv 2212.00794): with ``train=True``
+    each example keeps a random ``max(1, round(L * (1 - r)))`` of its L patch tokens
+    (after the position embedding, before the class token), so the encoder runs on the
+    shorter sequence; ``train=False`` uses all tokens. Both draw on the "dropout" rng.
     """
 
     variant: str | None = None
@@ -53,6 +59,8 @@ class ViT(nn.Module):
     dtype: Any = "float32"
     scan: bool = False
     remat: str = "none"
+    stochastic_depth: float = 0.0
+    token_drop: float = 0.0
 
     def sizes(self) -> dict[str, Any]:
         """Resolved ``width, depth, mlp_dim, num_heads`` and ``patch_size`` (a pair)."""
@@ -81,6 +89,8 @@ class ViT(nn.Module):
             raise ValueError(f"ViT.pool: {self.pool!r} is not one of {list(POOLS)}")
         if self.posemb not in POSEMBS:
             raise ValueError(f"ViT.posemb: {self.posemb!r} is not one of {list(POSEMBS)}")
+        if not 0 <= self.token_drop < 1:
+            raise ValueError(f"ViT.token_drop: must be in [0, 1), got {self.token_drop!r}")
         sizes = self.sizes()
         dtype = compute_dtype(self.dtype)
         width, patch = sizes["width"], sizes["patch_size"]
@@ -105,6 +115,8 @@ class ViT(nn.Module):
         else:
             pos = posemb_sincos2d(h, w, width)
         x = x + pos.astype(dtype)  # before the class token, which has no position
+        if train and self.token_drop > 0:
+            x = self._drop_tokens(x)
         if self.pool == "tok":
             cls = self.param("cls", nn.initializers.zeros, (1, 1, width), jnp.float32)
             x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (b, 1, width)), x], axis=1)
@@ -119,6 +131,7 @@ class ViT(nn.Module):
             dtype,
             scan=self.scan,
             remat=self.remat,
+            stochastic_depth=self.stochastic_depth,
             name="Transformer",
         )(x, train=train)
 
@@ -131,3 +144,11 @@ class ViT(nn.Module):
             num_classes=self.num_classes,
             dtype=dtype,
         )
+
+    def _drop_tokens(self, x: jnp.ndarray) -> jnp.ndarray:
+        """x [b, L, d] -> [b, n_keep, d]: a uniformly random subset per example (FLIP)."""
+        b, length, _ = x.shape
+        n_keep = max(1, round(length * (1 - self.token_drop)))
+        noise = jax.random.uniform(self.make_rng("dropout"), (b, length))
+        keep = jnp.argsort(noise, axis=1)[:, :n_keep]
+        return jnp.take_along_axis(x, keep[:, :, None], axis=1)
