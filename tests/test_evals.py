@@ -317,6 +317,23 @@ def test_retrieval_evaluator_merges_duplicate_captions(fake_data):
     assert blind["eval/ev/img2txt_r@1"] == 0.0 and blind["eval/ev/img2txt_mean_rank"] == 4.0
 
 
+def test_retrieval_same_if_counts_every_example_of_the_same_caption(fake_data):
+    """same_if="text": every candidate whose example has the query's caption is correct
+    (11 scenes, 4 captions), in both directions; a model off by one class gets none."""
+    ev = build("retrieval", batch_size=4, same_if="text")
+    assert ev.modalities == ["image", "text"]
+    m = ev.run({"image": oracle_images, "text": oracle_texts})
+    assert m["eval/ev/img2txt_r@1"] == 1.0 and m["eval/ev/txt2img_r@1"] == 1.0
+
+    def shifted_images(images):
+        return np.roll(oracle_images(images), 1, axis=1)
+
+    m = ev.run({"image": shifted_images, "text": oracle_texts})
+    assert m["eval/ev/img2txt_r@1"] == 0.0 and m["eval/ev/txt2img_r@1"] == 0.0
+    with pytest.raises(ValueError, match=r"evals\.ev: modality 'depth' has no tower"):
+        build("retrieval", same_if="depth")
+
+
 def test_eval_batches_not_cached_when_too_big(fake_data, monkeypatch):
     monkeypatch.setattr(common, "CACHE_MAX_BYTES", 100)
     ev = build("retrieval", batch_size=4)
@@ -356,7 +373,7 @@ def test_registry_and_default_configs():
     common_keys = {"type", "data", "every_steps", "max_examples", "batch_size", "label_key"}
     pair_keys = common_keys | {"query", "candidates"}
     assert set(zs) == pair_keys | {"classnames", "templates"} and zs.type == "zeroshot"
-    assert set(rt) == pair_keys and rt.type == "retrieval"
+    assert set(rt) == pair_keys | {"same_if"} and rt.type == "retrieval"
     assert (rt.query, rt.candidates) == ("image", "text")
     with pytest.raises(ValueError, match=r"evals\.ev\.type: expected 'retrieval'"):
         evals.RetrievalEvaluator(

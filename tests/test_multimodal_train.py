@@ -23,8 +23,8 @@ def test_imagebind_tiny_trains_and_evaluates_every_pair(tmp_path):
     pair_losses = [final[f"train/loss/image_{m}"] for m in ("text", "depth", "audio")]
     np.testing.assert_allclose(final["train/loss"], np.mean(pair_losses), rtol=1e-6)
     for name in (
-        "retrieval_text_audio/txt2audio_r@1",
-        "retrieval_text_audio/audio2txt_r@1",
+        "retrieval_audio_text/txt2audio_r@1",
+        "retrieval_audio_text/audio2txt_r@1",
         "retrieval_image_text/img2txt_r@1",
         "retrieval_depth_audio/depth2audio_r@5",
         "zeroshot_audio/zeroshot_top1",

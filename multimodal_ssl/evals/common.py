@@ -375,6 +375,12 @@ class Evaluator(abc.ABC):
         in batches of ``batch_size``, reading this evaluator's ``modalities``."""
         from multimodal_ssl.data.sources import DataOptions
 
+        for m in self.modalities:
+            if m not in self.processors:
+                raise ValueError(
+                    f"config.evals.{self.name}: modality {m!r} has no tower "
+                    f"(towers: {sorted(self.processors)})"
+                )
         processors = {m: self.processors[m] for m in self.modalities}
         kwargs = dict(self._source_args)
         kwargs["source_kwargs"] = dataclasses.replace(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import ml_collections
 import numpy as np
 
 from multimodal_ssl.evals import common
@@ -101,7 +102,10 @@ class RetrievalEvaluator(common.PairEvaluator):
 
     Config keys: see ``default_config``. Identical candidate inputs (e.g. the same
     caption) are merged into one candidate that belongs to all their queries (see
-    ``dedupe_texts``). Examples lacking either modality are left out. Metrics:
+    ``dedupe_texts``). ``same_if`` (a modality, default None): a candidate is correct for
+    every query whose example has the identical ``same_if`` input (e.g. ``"text"``: any
+    clip of a scene with the same caption is a correct match for an image), instead of
+    only its own example's. Examples lacking either modality are left out. Metrics:
     ``eval/<name>/{q}2{c}_r@{1,5,10}``, ``{c}2{q}_...`` and ``..._{mean,median}_rank``,
     with ``img``/``txt`` for image/text (``img2txt_r@1``, ``audio2txt_r@1``, ...).
     """
@@ -109,12 +113,28 @@ class RetrievalEvaluator(common.PairEvaluator):
     TYPE = "retrieval"
     KS = (1, 5, 10)
 
+    @classmethod
+    def default_config(cls) -> ml_collections.ConfigDict:
+        cfg = super().default_config()
+        cfg.same_if = ml_collections.config_dict.placeholder(str)  # e.g. "text"
+        return cfg
+
+    @property
+    def modalities(self) -> list[str]:
+        same_if = self.config["same_if"]
+        return list(dict.fromkeys([*super().modalities, *([same_if] if same_if else [])]))
+
     def run(self, embed: common.EmbedFns) -> dict[str, float]:
-        q, c = self.config["query"], self.config["candidates"]
-        keep = (c, f"mask/{q}", f"mask/{c}")
-        batches = ({k: v for k, v in b.items() if k in (q, *keep)} for b in self.data.batches())
-        q_emb, kept = common.embed_pass(_complete(batches, q, c), q, embed[q], (c,))
-        cand, cand_to_query = dedupe_texts(kept[c])
+        q, c, same_if = self.config["query"], self.config["candidates"], self.config["same_if"]
+        keep = tuple(dict.fromkeys((c, *([same_if] if same_if else []))))
+        batches = _complete(self.data.batches(), q, *keep)
+        q_emb, kept = common.embed_pass(batches, q, embed[q], keep)
+        if same_if:
+            _, group = np.unique(kept[same_if], axis=0, return_inverse=True)
+            group = group.reshape(-1)
+            cand, cand_to_query = kept[c], [np.flatnonzero(group == g) for g in group]
+        else:
+            cand, cand_to_query = dedupe_texts(kept[c])
         c_emb = common.embed_in_batches(embed[c], cand, self.batch_size)
         metrics = retrieval_metrics(q_emb, c_emb, cand_to_query, ks=self.KS)
         names = {
