@@ -548,3 +548,16 @@ def test_unknown_objective_name():
         objective_config("nope")
     with pytest.raises(ValueError, match=r"^config\.loss\.name: 'nope'"):
         make_objective({"name": "nope"}, ("image", "text"))
+
+
+def test_one_flag_switches_objectives():
+    """loss.name=softmax on the sigmoid recipe drops sigmoid's untouched b_init; a changed
+    b_init is an error naming the key."""
+    cfg = objective_config("sigmoid", impl="ring")
+    cfg.name = "softmax"
+    objective = make_objective(cfg, ("image", "text"))
+    assert isinstance(objective, Softmax) and objective.config["impl"] == "ring"
+    assert set(objective.init_params()) == {"t"}
+    cfg.b_init = -5.0
+    with pytest.raises(ValueError, match=r"config\.loss\.b_init: unknown key .*\['sigmoid'\]"):
+        make_objective(cfg, ("image", "text"))

@@ -91,12 +91,25 @@ class Objective(abc.ABC):
 
     @classmethod
     def resolve(cls, cfg: Mapping[str, Any], modalities: Sequence[str]) -> dict[str, Any]:
-        """``cfg`` over the defaults, checked; ValueError names ``config.loss.<key>``."""
+        """``cfg`` over the defaults, checked; ValueError names ``config.loss.<key>``.
+
+        A key of another objective left at that objective's default is dropped, so one
+        flag switches objectives (``--config.loss.name=softmax`` on a sigmoid recipe
+        drops its ``b_init``); set to anything else it is an error."""
         defaults = cls.default_config()
+        kept = {}
         for key in cfg.keys():
-            if key not in defaults:
-                _fail(key, f"unknown key for objective {cls.NAME!r}; valid keys {sorted(defaults)}")
-        return {**defaults.to_dict(), **{k: cfg[k] for k in cfg.keys()}}
+            if key in defaults:
+                kept[key] = cfg[key]
+                continue
+            owners = [o for o in OBJECTIVES.values() if key in o.default_config()]
+            if not owners or any(o.default_config()[key] != cfg[key] for o in owners):
+                known = f" (a key of {sorted(o.NAME for o in owners)})" if owners else ""
+                _fail(
+                    key,
+                    f"unknown key for objective {cls.NAME!r}{known}; valid keys {sorted(defaults)}",
+                )
+        return {**defaults.to_dict(), **kept}
 
     @abc.abstractmethod
     def init_params(self) -> dict[str, jax.Array]:
