@@ -234,3 +234,19 @@ def test_a_mixture_masks_the_modality_one_source_lacks(tmp_path):
     assert 0 < present.sum() < 8
     assert np.all(batch["audio"][~present] == 0)
     assert np.all(np.abs(batch["audio"][present]).sum(axis=(1, 2)) > 0)
+
+
+def test_eval_passes_keep_only_the_examples_with_every_modality():
+    from multimodal_ssl.evals.common import complete_rows
+
+    batch = {
+        "image": np.arange(4),
+        "audio": np.arange(4) * 10,
+        "id": np.arange(4),
+        "mask/audio": np.array([True, False, True, False]),
+    }
+    out = complete_rows(batch)
+    assert set(out) == {"image", "audio", "id"}
+    assert out["image"].tolist() == [0, 2] and out["audio"].tolist() == [0, 20]
+    full = complete_rows({"image": np.arange(2), "mask/audio": np.ones(2, bool)})
+    assert full["image"].tolist() == [0, 1]

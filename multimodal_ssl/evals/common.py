@@ -254,9 +254,21 @@ def make_batches(source, *, batch_size: int, processors, max_examples: int | Non
     )
 
 
+def complete_rows(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``batch`` without the rows that lack a modality (``mask/<m>`` False), and without
+    the masks."""
+    masks = [np.asarray(v, bool) for k, v in batch.items() if k.startswith("mask/")]
+    out = {k: v for k, v in batch.items() if not k.startswith("mask/")}
+    if not masks or all(m.all() for m in masks):
+        return out
+    keep = np.logical_and.reduce(masks)
+    return {k: np.asarray(v)[keep] for k, v in out.items()}
+
+
 class EvalData:
-    """An eval split read in order; after the first complete pass the batches stay in
-    memory when they total at most ``CACHE_MAX_BYTES``."""
+    """An eval split read in order, keeping only the examples that have every modality
+    read (a mixture's source may lack one); after the first complete pass the batches
+    stay in memory when they total at most ``CACHE_MAX_BYTES``."""
 
     def __init__(self, source, **batch_kwargs: Any):
         self.source = source
@@ -270,6 +282,9 @@ class EvalData:
         kept: list[dict[str, np.ndarray]] | None = []
         size = 0
         for batch in make_batches(self.source, **self._batch_kwargs):
+            batch = complete_rows(batch)
+            if not len(batch["id"]):
+                continue
             if kept is not None:
                 size += sum(np.asarray(v).nbytes for v in batch.values())
                 if size <= CACHE_MAX_BYTES:

@@ -127,8 +127,7 @@ class RetrievalEvaluator(common.PairEvaluator):
     def run(self, embed: common.EmbedFns) -> dict[str, float]:
         q, c, same_if = self.config["query"], self.config["candidates"], self.config["same_if"]
         keep = tuple(dict.fromkeys((c, *([same_if] if same_if else []))))
-        batches = _complete(self.data.batches(), q, *keep)
-        q_emb, kept = common.embed_pass(batches, q, embed[q], keep)
+        q_emb, kept = common.embed_pass(self.data.batches(), q, embed[q], keep)
         if same_if:
             _, group = np.unique(kept[same_if], axis=0, return_inverse=True)
             group = group.reshape(-1)
@@ -144,12 +143,3 @@ class RetrievalEvaluator(common.PairEvaluator):
         return self._prefixed(
             {names[k.split("_", 1)[0]] + "_" + k.split("_", 1)[1]: v for k, v in metrics.items()}
         )
-
-
-def _complete(batches, *modalities: str):
-    """Drops the rows of each batch that lack one of ``modalities`` (``mask/<m>``)."""
-    for batch in batches:
-        keep = np.ones(len(batch[modalities[0]]), bool)
-        for m in modalities:
-            keep &= np.asarray(batch.get(f"mask/{m}", keep))
-        yield batch if keep.all() else {k: np.asarray(v)[keep] for k, v in batch.items()}
