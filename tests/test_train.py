@@ -78,7 +78,7 @@ def test_kill_and_resume_continues_exactly(tmp_path):
     """SIGKILL after the first checkpoint; the same command resumes and the loss curve
     equals an uninterrupted run step for step (same params, same data order, same
     dropout / token-drop / stochastic-depth masks)."""
-    overrides = ["--config.total_steps=60", "--config.checkpoint.every_steps=5",
+    overrides = ["--config.total_steps=30", "--config.checkpoint.every_steps=5",
                  "--config.evals.zeroshot.every_steps=1000",
                  *(f"--config.{k}={v}" for k, v in REGULARISED.items())]
     killed = tmp_path / "killed"
@@ -92,7 +92,7 @@ def test_kill_and_resume_continues_exactly(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     saved = sorted(int(s) for s in os.listdir(killed / "checkpoints") if s.isdigit())
-    assert saved and saved[-1] < 60, f"run finished before the kill: {saved}"
+    assert saved and saved[-1] < 30, f"run finished before the kill: {saved}"
 
     resumed = subprocess.run(_main_cmd(killed, *overrides), cwd=ROOT, capture_output=True,
                              text=True, timeout=600)
@@ -100,13 +100,13 @@ def test_kill_and_resume_continues_exactly(tmp_path):
     assert f"Restored checkpoint of step {saved[-1]}" in resumed.stderr
 
     reference = tmp_path / "reference"
-    config = tiny(**{"total_steps": 60, "checkpoint.every_steps": 5,
+    config = tiny(**{"total_steps": 30, "checkpoint.every_steps": 5,
                      "evals.zeroshot.every_steps": 1000, **REGULARISED})
     train(config, str(reference))
-    np.testing.assert_allclose(losses(killed, range(1, 61)), losses(reference, range(1, 61)),
+    np.testing.assert_allclose(losses(killed, range(1, 31)), losses(reference, range(1, 31)),
                                rtol=1e-6)
     with open(killed / "config.json") as f:
-        assert json.load(f)["total_steps"] == 60
+        assert json.load(f)["total_steps"] == 30
 
 
 def test_cli_rejects_unknown_override(tmp_path):
@@ -121,10 +121,10 @@ def test_ring_training_matches_global_on_eight_devices(tmp_path, recipe, chunk_s
     """loss.impl=ring (over 8 emulated devices) gives the loss curve of impl=global."""
     curves = {}
     for impl in ("global", "ring"):
-        config = tiny(recipe, **{"total_steps": 20, "loss.impl": impl})
+        config = tiny(recipe, **{"total_steps": 10, "loss.impl": impl})
         config.loss.chunk_size = chunk_size if impl == "ring" else None
         config.evals = {}
         train(config, str(tmp_path / impl), devices=jax.devices()[:8])
         curves[impl] = losses(tmp_path / impl)
-    assert len(curves["ring"]) == 20
+    assert len(curves["ring"]) == 10
     np.testing.assert_allclose(curves["ring"], curves["global"], rtol=1e-4)
