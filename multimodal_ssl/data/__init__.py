@@ -6,6 +6,11 @@
   ``templates`` metadata; formats register under a prefix; ``DataOptions`` holds the
   ``data.*`` options of sources; ``parse_mixture`` reads ``[(spec, weight), ...]``.
 * :mod:`.shapes`, :mod:`.csv_source`, :mod:`.wds_source`, :mod:`.tfds_source`: formats.
+* :mod:`.fields`: ``FieldRequest``: what the pipeline asks a source for, per modality.
+* :mod:`.modalities`: one ``Processor`` per modality (image, depth, text, audio, vector)
+  from ``config.model.towers`` and ``config.data`` (``make_processors``).
+* :mod:`.audio`: audio decoding (soundfile), resampling (soxr), cropping, log-mel.
+* :mod:`.shapes_audio`: the synthesised clips of ``generated:shapes``.
 * :mod:`.records`: bad-record errors, image decoding, caption checks, skip logging.
 * :mod:`.preprocess`: image ops from config strings (``data.pp_train`` / ``pp_eval``).
 * :mod:`.tokenizers`: ``get_tokenizer(spec, max_len)``; texts -> right-padded int32 rows

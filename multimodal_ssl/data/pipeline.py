@@ -1,8 +1,11 @@
 """grain input pipelines: the endless, shuffled, sharded, checkpointable training
-loader and the ordered, finite eval pass. Both yield the same batch format:
+loader and the ordered, finite eval pass. Both yield the same batch format, one
+entry per modality processor (``data/modalities.py``), e.g.
 
   image: f32 [b, S, S, 3] (value range set by the pp spec's last op)
-  text:  i32 [b, L] (right-padded)      label: i32 [b] (-1 = none)
+  text:  i32 [b, L] (right-padded)      audio: f32 [b, frames, n_mels]
+  mask/<m>: bool [b], for modalities some sources lack (absent rows are zeros)
+  label: i32 [b] (-1 = none)
   id:    i64 [b] (the source index; in a mixture, offset by the sizes of the
          sources listed before it)
 
@@ -10,10 +13,11 @@ Training pipeline of one process (grain dataset API; ``MapDataset`` stages are r
 access, so the iterator state is a few integers):
 
   per source: range(its shard of this process) -> shuffle (new order each epoch)
-    -> repeat -> random_map(read + decode + ``data.pp_train`` geometric ops)
+    -> repeat -> random_map(read + decode each modality's field: image geometric ops,
+       caption checks, audio decode/resample/crop/log-mel, ...)
   -> mix(weights) -> to_iter_dataset (``read_threads`` threads read ahead)
-  -> drop unreadable examples (counted) -> batch (+ tokenize)
-  -> [mp_prefetch: ``worker_count`` processes] -> value op, skip counter (main process)
+  -> drop unreadable examples (counted) -> batch (+ tokenize, masks)
+  -> [mp_prefetch: ``worker_count`` processes] -> image value ops, skip counter (main)
 
 An unreadable example (:class:`~.records.BadRecord`) is dropped and the batch filled
 with the next ones; the iterator's ``skipped`` counts them (plus the parts of sources

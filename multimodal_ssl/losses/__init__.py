@@ -1,4 +1,7 @@
-"""Contrastive losses: SigLIP (``sigmoid_loss``) and CLIP (``softmax_loss``).
+"""Contrastive losses: SigLIP (``sigmoid_loss``) and CLIP (``softmax_loss``). The
+training objectives built on them (by name, over modality pairs, with their own
+parameters) are in :mod:`multimodal_ssl.losses.objectives`; dense forms for batches with
+absent rows in :mod:`multimodal_ssl.losses.masked`.
 
 Each has three implementations, equal in value and gradient (x, y, t, b):
 
