@@ -21,7 +21,7 @@ import ml_collections
 
 from multimodal_ssl.config import base_config, set_towers
 from multimodal_ssl.losses.objectives import objective_config
-from multimodal_ssl.recipes import apply_tiny
+from multimodal_ssl.recipes import apply_tiny, use_muon
 
 MODALITIES = ("image", "text", "depth", "audio")
 SAMPLE_RATE = 8000  # audio: 1 s clips at 8 kHz, 32 ms windows, 16 ms hop -> 63 x 48 log-mel
@@ -122,12 +122,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Every modality against the image (ImageBind); one (t, b) per pair.
     config.loss = objective_config("sigmoid", impl="ring", pairs="anchor:image")
 
-    config.optim.name = "muon"
-    config.optim.lr = 2e-3
-    config.optim.schedule = "cosine"
-    config.optim.warmup_steps = 30
-    config.optim.weight_decay = 1e-4
-    config.optim.grad_clip = 1.0
+    # Muon on the weight matrices, AdamW on the rest, lr 2e-3: learns the shape attribute
+    # ~3x faster than AdamW here (zero-shot 0.52 -> 0.96 in 400 steps; shape_learning.md).
+    use_muon(config)
 
     config.checkpoint.every_steps = 200
     config.checkpoint.keep = 2

@@ -59,6 +59,18 @@ def shapes_probe_evals(
     )
 
 
+def use_muon(config: ml_collections.ConfigDict) -> None:
+    """The optimizer of the generated-data recipes: Muon on the weight matrices, AdamW on
+    the rest (lr 2e-3, 30 warmup steps, cosine, weight decay 1e-4, clipping 1.0). It learns
+    the shape attribute ~3x faster than AdamW (experiments/shape_learning.md)."""
+    config.optim.name = "muon"
+    config.optim.lr = 2e-3
+    config.optim.schedule = "cosine"
+    config.optim.warmup_steps = 30
+    config.optim.weight_decay = 1e-4
+    config.optim.grad_clip = 1.0
+
+
 def apply_tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Shrinks a recipe to seconds on CPU, for tests and smoke runs."""
     config.total_steps = 6

@@ -21,14 +21,6 @@ from multimodal_ssl.losses import get_loss, sigmoid_loss, softmax_loss
 REFERENCE = {"sigmoid": sigmoid_reference, "softmax": softmax_reference}
 
 
-@pytest.fixture
-def x64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
-
-
 def test_reference_gradients_match_finite_differences():
     for name in ("sigmoid", "softmax"):
         args = loss_args(name, 4, 3, t=math.log(10.0), b=-2.0, dtype=np.float64)

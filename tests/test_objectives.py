@@ -35,14 +35,6 @@ SCALES = {
 }
 
 
-@pytest.fixture
-def x64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
-
-
 def _embeddings(n, d, seed, dtype=np.float64, mods=MODS):
     """L2-normalised ``{modality: [n, d]}``, every modality correlated with a shared base."""
     rng = np.random.default_rng(seed)

@@ -388,6 +388,43 @@ class MAPHead(nn.Module):
         return x[:, 0]
 
 
+def encode_and_pool(
+    tower: nn.Module,
+    x: jnp.ndarray,
+    sizes: Mapping[str, Any],
+    dtype: Any,
+    *,
+    train: bool,
+    name: str,
+) -> jnp.ndarray:
+    """The shared body of the transformer towers (ViT, text, sequence), called inside
+    their compact ``__call__``: the pre-LN :class:`Encoder` named ``name`` over the tokens
+    ``x`` [b, l, d], then :func:`pool_and_project`. Reads the tower's ``dropout``,
+    ``stochastic_depth``, ``gelu_approximate``, ``scan``, ``remat``, ``pool`` and
+    ``num_classes``; ``sizes``: its resolved ``depth``, ``mlp_dim``, ``num_heads``."""
+    x = Encoder(
+        sizes["depth"],
+        sizes["mlp_dim"],
+        sizes["num_heads"],
+        tower.gelu_approximate,
+        tower.dropout,
+        dtype,
+        scan=tower.scan,
+        remat=tower.remat,
+        stochastic_depth=tower.stochastic_depth,
+        name=name,
+    )(x, train=train)
+    return pool_and_project(
+        x,
+        tower.pool,
+        mlp_dim=sizes["mlp_dim"],
+        num_heads=sizes["num_heads"],
+        gelu_approximate=tower.gelu_approximate,
+        num_classes=tower.num_classes,
+        dtype=dtype,
+    )
+
+
 def pool_and_project(
     x: jnp.ndarray,
     pool: str,

@@ -16,11 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from multimodal_ssl.models.common import (
-    Encoder,
     MlpBlock,
     compute_dtype,
+    encode_and_pool,
     layer_norm,
-    pool_and_project,
     resolve_sizes,
 )
 
@@ -63,7 +62,7 @@ class SequenceTower(nn.Module):
 
     Sizes as the other transformer towers (``variant`` such as ``"mu"``, or ``width``,
     ``depth``, ``mlp_dim``, ``num_heads``); ``pool``: ``"mean"``, ``"first"``,
-    ``"last"`` or ``"map"``.
+    ``"last"`` or ``"map"``. ``dropout``, ``stochastic_depth``: as the other towers.
     """
 
     variant: str | None = None
@@ -76,6 +75,7 @@ class SequenceTower(nn.Module):
     num_classes: int | None = None
     gelu_approximate: bool = True
     dropout: float = 0.0
+    stochastic_depth: float = 0.0
     dtype: Any = "float32"
     scan: bool = False
     remat: str = "none"
@@ -104,23 +104,4 @@ class SequenceTower(nn.Module):
         )
         x = x + pos[:, : x.shape[1]].astype(dtype)
         x = nn.Dropout(rate=self.dropout)(x, deterministic=not train)
-        x = Encoder(
-            sizes["depth"],
-            sizes["mlp_dim"],
-            sizes["num_heads"],
-            self.gelu_approximate,
-            self.dropout,
-            dtype,
-            scan=self.scan,
-            remat=self.remat,
-            name="Transformer",
-        )(x, train=train)
-        return pool_and_project(
-            x,
-            self.pool,
-            mlp_dim=sizes["mlp_dim"],
-            num_heads=sizes["num_heads"],
-            gelu_approximate=self.gelu_approximate,
-            num_classes=self.num_classes,
-            dtype=dtype,
-        )
+        return encode_and_pool(self, x, sizes, dtype, train=train, name="Transformer")

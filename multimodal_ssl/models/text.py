@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from multimodal_ssl.models.common import Encoder, compute_dtype, pool_and_project, resolve_sizes
+from multimodal_ssl.models.common import compute_dtype, encode_and_pool, resolve_sizes
 
 POOLS = ("last", "first", "mean", "map")
 
@@ -88,25 +88,4 @@ class TextTransformer(nn.Module):
         x = x + pos[:, : text.shape[1]].astype(dtype)
         x = nn.Dropout(rate=self.dropout)(x, deterministic=not train)
 
-        x = Encoder(
-            sizes["depth"],
-            sizes["mlp_dim"],
-            sizes["num_heads"],
-            self.gelu_approximate,
-            self.dropout,
-            dtype,
-            scan=self.scan,
-            remat=self.remat,
-            stochastic_depth=self.stochastic_depth,
-            name="Encoder_0",
-        )(x, train=train)
-
-        return pool_and_project(
-            x,
-            self.pool,
-            mlp_dim=sizes["mlp_dim"],
-            num_heads=sizes["num_heads"],
-            gelu_approximate=self.gelu_approximate,
-            num_classes=self.num_classes,
-            dtype=dtype,
-        )
+        return encode_and_pool(self, x, sizes, dtype, train=train, name="Encoder_0")

@@ -17,9 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from multimodal_ssl.models.common import (
-    Encoder,
     compute_dtype,
-    pool_and_project,
+    encode_and_pool,
     posemb_sincos2d,
     resolve_sizes,
 )
@@ -122,28 +121,7 @@ class ViT(nn.Module):
             x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (b, 1, width)), x], axis=1)
         x = nn.Dropout(rate=self.dropout)(x, deterministic=not train)
 
-        x = Encoder(
-            sizes["depth"],
-            sizes["mlp_dim"],
-            sizes["num_heads"],
-            self.gelu_approximate,
-            self.dropout,
-            dtype,
-            scan=self.scan,
-            remat=self.remat,
-            stochastic_depth=self.stochastic_depth,
-            name="Transformer",
-        )(x, train=train)
-
-        return pool_and_project(
-            x,
-            self.pool,
-            mlp_dim=sizes["mlp_dim"],
-            num_heads=sizes["num_heads"],
-            gelu_approximate=self.gelu_approximate,
-            num_classes=self.num_classes,
-            dtype=dtype,
-        )
+        return encode_and_pool(self, x, sizes, dtype, train=train, name="Transformer")
 
     def _drop_tokens(self, x: jnp.ndarray) -> jnp.ndarray:
         """x [b, L, d] -> [b, n_keep, d]: a uniformly random subset per example (FLIP)."""
