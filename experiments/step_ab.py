@@ -141,5 +141,10 @@ def main(argv):
     )
 
 
+def _main(argv) -> None:
+    _reexec()
+    main(argv)
+
+
 if __name__ == "__main__":
-    app.run(lambda argv: (_reexec(), main(argv)))
+    app.run(_main)
