@@ -12,6 +12,7 @@ from absl import flags
 from tiny_checkpoint import write_tiny_npz
 
 from multimodal_ssl import embed, evaluate
+from multimodal_ssl.data.pipeline import image_text_processors
 from multimodal_ssl.data.tokenizers import get_tokenizer
 from multimodal_ssl.evals import common
 from multimodal_ssl.recipes import load_recipe
@@ -56,8 +57,7 @@ def test_export_rows_match_an_independent_pass(tmp_path):
     (batch,) = common.make_batches(
         source,
         batch_size=37,
-        tokenizer=get_tokenizer("bytes", 16),
-        image_size=16,
+        processors=image_text_processors(get_tokenizer("bytes", 16), 16),
         max_examples=37,
     )
     np.testing.assert_array_equal(np.load(tmp_path / "ids.npy"), np.arange(37))
