@@ -22,6 +22,9 @@ INSTALL_REQUIRES = [
     "safetensors>=0.4,<1",
     "sentencepiece>=0.2,<0.3",
     "tokenizers>=0.20,<1",
+    # Audio: decoding (libsndfile: WAV, FLAC, OGG) and resampling.
+    "soundfile>=0.13,<0.15",
+    "soxr>=0.5,<2",
 ]
 
 EXTRAS_REQUIRE = {
