@@ -67,6 +67,10 @@ class Checkpointer:
         logging.info("Restored checkpoint of step %d", step)
         return restored["state"], step
 
+    def wait(self) -> None:
+        """Blocks until pending saves are committed."""
+        self._manager.wait_until_finished()
+
     def close(self) -> None:
         """Blocks until pending saves are on disk."""
         self._manager.wait_until_finished()

@@ -29,6 +29,7 @@ from multimodal_ssl.losses.objectives import objective_class, objective_config
 MESH_AXES = ("data", "fsdp", "model")
 OPTIMIZERS = ("adamw", "adafactor", "muon")
 SCHEDULES = ("cosine", "rsqrt", "constant")
+NAN_POLICIES = ("stop", "skip")
 DTYPES = ("float32", "bfloat16")
 INIT_TOWERS = ("img", "txt", "t", "b")  # top-level subtrees of the two-tower params
 
@@ -130,7 +131,16 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 500
+    # Also save when this many minutes passed since the last save (preemptible hardware).
+    c.checkpoint.every_minutes = ml_collections.config_dict.placeholder(float)
     c.checkpoint.keep = 2
+
+    # Non-finite loss, gradients or params: "stop" (exit naming the step; no update is
+    # applied from that step on, so no checkpoint holds them) or "skip" (the update is
+    # dropped, train/skipped_steps counts it; max_consecutive_skips in a row stop the run).
+    c.train = ml_collections.ConfigDict()
+    c.train.nan_policy = "stop"
+    c.train.max_consecutive_skips = 10
 
     c.evals = ml_collections.ConfigDict()
     return c
@@ -312,6 +322,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
     _check_positive("checkpoint.every_steps", config.checkpoint.every_steps)
     _check_positive("checkpoint.keep", config.checkpoint.keep)
+    if config.checkpoint.every_minutes is not None:
+        _check_positive("checkpoint.every_minutes", config.checkpoint.every_minutes)
+    _check_choice("train.nan_policy", config.train.nan_policy, NAN_POLICIES)
+    _check_positive("train.max_consecutive_skips", config.train.max_consecutive_skips)
 
     from multimodal_ssl.evals import get_evaluator  # local: evals import data and models
 

@@ -3,7 +3,10 @@
     python -m multimodal_ssl.main --config=configs/siglip.py[:variant] --workdir=DIR \
         [--config.optim.lr=3e-4 ...]
 
-Running the same command again resumes from the newest checkpoint in ``DIR``.
+Running the same command again resumes from the newest checkpoint in ``DIR``. SIGTERM or
+Ctrl-C finishes the current step, writes a checkpoint and exits 0. A config or input
+error (a ValueError naming the key, file or shape) and a diverged run print one line and
+exit 2 / 1; ``--verbose`` adds the traceback.
 
 On Linux the process re-executes itself once with glibc malloc tuned to keep freed
 memory (``GLIBC_TUNABLES``, which only takes effect at process start): XLA on CPU
@@ -24,6 +27,7 @@ from multimodal_ssl import distributed  # defines --coordinator_address etc.; no
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/siglip.py")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Tracebacks for config and input errors.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 MALLOC_TUNABLES = (
@@ -45,16 +49,25 @@ def main(argv: list[str]) -> None:
     distributed.initialize_from_flags()  # before anything touches a JAX backend
     import jax  # imported here so the re-exec above happens before jax loads
 
-    from multimodal_ssl.train import train
+    from multimodal_ssl.config import validate
+    from multimodal_ssl.train import TrainingDiverged, train
 
     config = _CONFIG.value
     workdir = _WORKDIR.value
-    if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump(config.to_dict(), f, indent=2, sort_keys=True)
-    logging.info("Config:\n%s", config)
-    final = train(config, workdir)
+    try:
+        validate(config)  # before config.json is written: a rejected config leaves it alone
+        if jax.process_index() == 0:
+            os.makedirs(workdir, exist_ok=True)
+            with open(os.path.join(workdir, "config.json"), "w") as f:
+                json.dump(config.to_dict(), f, indent=2, sort_keys=True)
+        logging.info("Config:\n%s", config)
+        final = train(config, workdir)
+    except (ValueError, TrainingDiverged) as e:
+        if _VERBOSE.value:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        print("(rerun with --verbose for the traceback)", file=sys.stderr)
+        sys.exit(2 if isinstance(e, ValueError) else 1)
     if jax.process_index() == 0:
         print(json.dumps(final, indent=2, sort_keys=True))
 

@@ -1,9 +1,9 @@
 """Metric writers: ``<workdir>/metrics.jsonl``, TensorBoard events, console progress.
 
 Only process 0 writes. ``metrics.jsonl`` holds one JSON object per line with a
-``step`` key; it is appended to on resume, so after a kill a few steps between
-the last checkpoint and the kill may appear twice (readers keep the last entry
-per step, see :func:`read_metrics`).
+``step`` key; on resume from step N the lines of later steps (written after the
+checkpoint, before a kill) are dropped first, so the redone steps replace them and every
+step appears once.
 """
 
 from __future__ import annotations
@@ -26,14 +26,16 @@ def _to_python(value) -> float | int:
 class MetricWriter:
     """Writes scalar dicts to JSONL and TensorBoard (process 0 only)."""
 
-    def __init__(self, workdir: str, *, tensorboard: bool = True):
+    def __init__(self, workdir: str, *, tensorboard: bool = True, resume_step: int = 0):
         self._enabled = jax.process_index() == 0
         self._jsonl = None
         self._tb = None
         if not self._enabled:
             return
         os.makedirs(workdir, exist_ok=True)
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
+        path = os.path.join(workdir, "metrics.jsonl")
+        _drop_lines_after(path, resume_step)
+        self._jsonl = open(path, "a")  # noqa: SIM115
         if tensorboard:
             from tensorboardX import SummaryWriter
 
@@ -55,6 +57,21 @@ class MetricWriter:
             self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def _drop_lines_after(path: str, step: int) -> None:
+    """Rewrites ``path`` (if any) without the lines of steps after ``step`` (atomically)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    if len(kept) == len(lines):
+        return
+    with open(path + ".tmp", "w") as f:
+        f.writelines(kept)
+    os.replace(path + ".tmp", path)
+    logging.info("metrics.jsonl: dropped %d lines after step %d", len(lines) - len(kept), step)
 
 
 def read_metrics(workdir: str) -> dict[int, dict[str, float]]:

@@ -2,6 +2,11 @@
 
 ``train(config, workdir)`` is what ``main.py`` runs; tests call it directly with a
 device subset (``devices=jax.devices()[:1]``) to compare 1- and N-device runs.
+
+Faults it handles: SIGTERM / SIGINT finish the step, checkpoint and return
+(``preemption.py``); a non-finite loss, gradient or param is caught inside the step
+(``train.nan_policy``) and reported here as :class:`TrainingDiverged` before any checkpoint
+could hold it; metrics of steps redone after a resume replace the lost ones.
 """
 
 from __future__ import annotations
@@ -17,7 +22,41 @@ from absl import logging
 from multimodal_ssl.builder import Experiment
 from multimodal_ssl.checkpointing import Checkpointer, abstract_like
 from multimodal_ssl.metrics import MetricWriter, Progress
+from multimodal_ssl.preemption import StopRequest
 from multimodal_ssl.sharding import to_global
+from multimodal_ssl.train_state import NONFINITE, TrainState
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss, the gradients or the params became non-finite (``train.nan_policy``)."""
+
+
+def check_health(state: TrainState, config: ml_collections.ConfigDict, last_saved: int) -> None:
+    """Raises :class:`TrainingDiverged` naming the step and what went non-finite when the
+    policy says stop (``stop``: any such step; ``skip``: ``max_consecutive_skips`` in a
+    row). Reads four scalars from the device: call it at the steps that sync anyway."""
+    health = {k: int(v) for k, v in jax.device_get(state.health).items()}
+    policy = config.train.nan_policy
+    streak_limit = config.train.max_consecutive_skips
+    if health["first_bad"] < 0 or (policy == "skip" and health["streak"] < streak_limit):
+        return
+    what = [name for name, bit in NONFINITE.items() if health["what"] & bit]
+    if policy == "stop":
+        reason = f"{'/'.join(what)} became non-finite at step {health['first_bad']}"
+    else:
+        reason = (
+            f"{health['streak']} steps in a row had non-finite values (first at step "
+            f"{health['first_bad']}: {'/'.join(what)})"
+        )
+    saved = (
+        f"the latest checkpoint (step {last_saved}) holds finite params"
+        if last_saved
+        else "no checkpoint was written"
+    )
+    raise TrainingDiverged(
+        f"training diverged: {reason}; {saved}. Lower config.optim.lr, set "
+        f"config.optim.grad_clip, or use config.train.nan_policy=skip"
+    )
 
 
 def _should_run(step: int, every: int, total: int) -> bool:
@@ -48,46 +87,89 @@ def train(
 
     evaluators = exp.evaluators()
     embedder = exp.embedder()
-    writer = MetricWriter(workdir)
+    writer = MetricWriter(workdir, resume_step=start_step)
     progress = Progress(config.total_steps, start_step)
     last: dict[str, float] = {}
     window_start, window_steps = time.perf_counter(), 0
+    last_saved, saved_at = start_step, time.monotonic()
     try:
-        for step in range(start_step + 1, config.total_steps + 1):
-            batch = to_global(_next_batch(data_iter, exp), mesh)
-            state, metrics = train_step(state, batch)
-            window_steps += 1
-            if step == start_step + 1:  # exclude compilation from examples/s
-                jax.block_until_ready(metrics)
-                window_start, window_steps = time.perf_counter(), 0
-            if _should_run(step, config.log_every_steps, config.total_steps):
-                last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                elapsed = time.perf_counter() - window_start
-                if window_steps:
-                    last["train/examples_per_sec"] = window_steps * config.batch_size / elapsed
-                last["data/skipped"] = float(data_iter.skipped_all_processes())
-                window_start, window_steps = time.perf_counter(), 0
-                writer.write(step, last)
-                progress.update(step, {"loss": last["train/loss"],
-                                       "ex/s": last.get("train/examples_per_sec", np.nan)})
-            if _should_run(step, config.checkpoint.every_steps, config.total_steps):
-                checkpointer.save(step, state, data_iter)
-            due = {n: e for n, e in evaluators.items()
-                   if _should_run(step, config.evals[n].every_steps, config.total_steps)}
-            if due:
-                embedder.params = state.params
-                results = {}
-                for evaluator in due.values():
-                    results.update(evaluator.run(embedder.embed_fns()))
-                writer.write(step, results)
-                logging.info("step %d evals: %s", step, results)
-                last.update(results)
+        with StopRequest() as stop:
+            for step in range(start_step + 1, config.total_steps + 1):
+                batch = to_global(_next_batch(data_iter, exp), mesh)
+                state, metrics = train_step(state, batch)
+                window_steps += 1
+                if step == start_step + 1:  # exclude compilation from examples/s
+                    jax.block_until_ready(metrics)
+                    window_start, window_steps = time.perf_counter(), 0
+                logging_step = _should_run(step, config.log_every_steps, config.total_steps)
+                if logging_step:
+                    last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    elapsed = time.perf_counter() - window_start
+                    if window_steps:
+                        last["train/examples_per_sec"] = window_steps * config.batch_size / elapsed
+                    last["data/skipped"] = float(data_iter.skipped_all_processes())
+                    window_start, window_steps = time.perf_counter(), 0
+                    writer.write(step, last)
+                    progress.update(
+                        step,
+                        {
+                            "loss": last["train/loss"],
+                            "ex/s": last.get("train/examples_per_sec", np.nan),
+                        },
+                    )
+                preempted = stop.should_stop(step, metrics_step=logging_step)
+                if (
+                    _should_run(step, config.checkpoint.every_steps, config.total_steps)
+                    or preempted
+                    or (logging_step and _minutes_due(config, saved_at))
+                ):
+                    check_health(state, config, last_saved)
+                    checkpointer.save(step, state, data_iter)
+                    last_saved, saved_at = step, time.monotonic()
+                if preempted:
+                    checkpointer.wait()
+                    logging.warning(
+                        "Stopped by %s after step %d; its checkpoint is written. Run the same "
+                        "command to resume.",
+                        stop.signal_name,
+                        step,
+                    )
+                    break
+                if logging_step:
+                    check_health(state, config, last_saved)
+                due = {
+                    n: e
+                    for n, e in evaluators.items()
+                    if _should_run(step, config.evals[n].every_steps, config.total_steps)
+                }
+                if due:
+                    embedder.params = state.params
+                    results = {}
+                    for evaluator in due.values():
+                        results.update(evaluator.run(embedder.embed_fns()))
+                    writer.write(step, results)
+                    logging.info("step %d evals: %s", step, results)
+                    last.update(results)
     finally:
         progress.close()
         checkpointer.close()
         data_iter.close()
         writer.close()
     return last
+
+
+def _minutes_due(config: ml_collections.ConfigDict, saved_at: float) -> bool:
+    """``checkpoint.every_minutes`` passed since the last save, by process 0's clock (all
+    processes get its answer: they are at a metrics step, which syncs anyway)."""
+    minutes = config.checkpoint.every_minutes
+    if minutes is None:
+        return False
+    due = (time.monotonic() - saved_at) >= 60 * minutes
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        due = bool(multihost_utils.broadcast_one_to_all(np.int32(due)))
+    return due
 
 
 def _next_batch(data_iter, exp: Experiment) -> dict[str, np.ndarray]:

@@ -32,16 +32,30 @@ from multimodal_ssl.sharding import (
 _MICRO = "_microbatch"  # batch leaf added in the step: each row's micro-batch index
 
 
+# Bits of ``TrainState.health["what"]``: which values of a step were non-finite.
+NONFINITE = {"loss": 1, "gradients": 2, "params": 4}
+
+
 @flax.struct.dataclass
 class TrainState:
     """``step``: i32 scalar; ``params``: f32 pytree (towers + objective scalars);
     ``opt_state``: optax state; ``rng``: u32 [2], the run's key (each step folds in its
-    step number, so a resumed run draws the same dropout masks)."""
+    step number, so a resumed run draws the same dropout masks); ``health``: i32 scalars
+    ``skipped`` (steps whose update was dropped), ``streak`` (of them in a row),
+    ``first_bad`` (the first such step, -1: none) and ``what`` (its :data:`NONFINITE`
+    bits)."""
 
     step: jax.Array
     params: Any
     opt_state: Any
     rng: jax.Array
+    health: dict[str, jax.Array]
+
+
+def fresh_health() -> dict[str, jax.Array]:
+    """The health counters of a run with no non-finite step."""
+    zero = jnp.zeros((), jnp.int32)
+    return {"skipped": zero, "streak": zero, "first_bad": zero - 1, "what": zero}
 
 
 def init_state(
@@ -67,6 +81,7 @@ def init_state(
             params=params,
             opt_state=tx.init(params),
             rng=jax.random.key_data(jax.random.fold_in(rng, 1)),
+            health=fresh_health(),
         )
 
     rng = jax.random.key(config.seed)
@@ -85,6 +100,7 @@ def state_shardings(state: TrainState, mesh: Mesh, cfg: ml_collections.ConfigDic
         params=params,
         opt_state=follow_params(state.opt_state, state.params, params, replicated(mesh)),
         rng=replicated(mesh),
+        health=jax.tree.map(lambda _: replicated(mesh), state.health),
     )
 
 
@@ -116,6 +132,7 @@ def make_train_step(
             f"rows per batch shard (batch_size {config.batch_size}, mesh {dict(mesh.shape)})"
         )
     modalities = tuple(model.towers)
+    nan_policy = config.train.nan_policy
     freeze = config.optim.freeze
     partition_frozen(abstract_state.params, freeze)  # fail now if it matches none or all
 
@@ -143,13 +160,24 @@ def make_train_step(
         updates, opt_state = tx.update(merge_params(grads, zeros), state.opt_state, state.params)
         updates, _ = partition_frozen(updates, freeze)
         params = merge_params(optax.apply_updates(trainable, updates), frozen)
+        grad_norm = optax.tree.norm(grads)
+        ok, health = _check_finite(loss, grad_norm, params, state, nan_policy)
+        # A non-finite step keeps the previous params and optimizer state.
+        params, opt_state = jax.tree.map(
+            lambda new, old: jnp.where(ok, new, old),
+            (params, opt_state),
+            (state.params, state.opt_state),
+        )
         metrics = {
             "train/loss": loss,
             "train/lr": schedule(state.step),
             **aux,
-            "train/grad_norm": optax.tree.norm(grads),
+            "train/grad_norm": grad_norm,
+            "train/skipped_steps": health["skipped"],
         }
-        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        new_state = state.replace(
+            step=state.step + 1, params=params, opt_state=opt_state, health=health
+        )
         return new_state, metrics
 
     shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
@@ -159,3 +187,30 @@ def make_train_step(
         out_shardings=(shardings, replicated(mesh)),
         donate_argnums=(0,),
     )
+
+
+def _check_finite(
+    loss: jax.Array, grad_norm: jax.Array, params: Any, state: TrainState, policy: str
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(apply this step's update?, the new health counters). Inside the step: no host
+    sync. ``stop``: after the first non-finite step no update is applied any more (the
+    loop then stops naming it); ``skip``: only the non-finite steps are dropped."""
+    param_norm = optax.tree.norm(params)
+    what = (
+        jnp.where(jnp.isfinite(loss), 0, NONFINITE["loss"])
+        | jnp.where(jnp.isfinite(grad_norm), 0, NONFINITE["gradients"])
+        | jnp.where(jnp.isfinite(param_norm), 0, NONFINITE["params"])
+    ).astype(jnp.int32)
+    bad = what != 0
+    h = state.health
+    first = h["first_bad"] < 0
+    health = {
+        "skipped": h["skipped"] + bad,
+        "streak": jnp.where(bad, h["streak"] + 1, 0),
+        "first_bad": jnp.where(bad & first, state.step + 1, h["first_bad"]),
+        "what": jnp.where(bad & first, what, h["what"]),
+    }
+    ok = ~bad
+    if policy == "stop":
+        ok = ok & first
+    return ok, health

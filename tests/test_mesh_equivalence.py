@@ -15,7 +15,7 @@ from multimodal_ssl.data.tokenizers import Tokenizer
 from multimodal_ssl.models.layout import path_str
 from multimodal_ssl.recipes import load_recipe
 from multimodal_ssl.sharding import make_mesh, to_global
-from multimodal_ssl.train_state import TrainState, state_shardings
+from multimodal_ssl.train_state import TrainState, fresh_health, state_shardings
 from tests.test_train import ROOT
 
 STEPS, VOCAB = 10, 257
@@ -139,7 +139,13 @@ def _reference(config):
     params.update(jax.device_get(exp.objective.init_params()))
     opt_state = jax.device_get(jax.jit(tx.init)(params))
     key = np.asarray(jax.random.key_data(jax.random.key(0)))
-    initial = TrainState(step=np.zeros((), np.int32), params=params, opt_state=opt_state, rng=key)
+    initial = TrainState(
+        step=np.zeros((), np.int32),
+        params=params,
+        opt_state=opt_state,
+        rng=key,
+        health=jax.device_get(fresh_health()),
+    )
     losses, _, _ = _train(config, jax.devices()[:1], initial)
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
     return initial, losses

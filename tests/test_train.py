@@ -54,17 +54,6 @@ def test_tiny_run_writes_metrics_checkpoints_and_evals(tmp_path):
     assert np.all(np.isfinite(losses(tmp_path)))
 
 
-@pytest.mark.parametrize("recipe", ["siglip.py", "clip.py"])
-def test_one_and_eight_devices_give_the_same_losses(tmp_path, recipe):
-    config = tiny(recipe, total_steps=5)
-    config.evals = {}
-    train(config, str(tmp_path / "one"), devices=jax.devices()[:1])
-    train(config, str(tmp_path / "eight"), devices=jax.devices()[:8])
-    one, eight = losses(tmp_path / "one"), losses(tmp_path / "eight")
-    assert len(one) == 5 and one[0] != one[-1]
-    np.testing.assert_allclose(eight, one, rtol=1e-5)
-
-
 def _main_cmd(workdir, *overrides):
     return [sys.executable, "-m", "multimodal_ssl.main", f"--config={ROOT}/configs/siglip.py:tiny",
             f"--workdir={workdir}", *overrides]
@@ -117,14 +106,15 @@ def test_cli_rejects_unknown_override(tmp_path):
 
 
 @pytest.mark.parametrize("recipe, chunk_size", [("siglip.py", None), ("clip.py", 1)])
-def test_ring_training_matches_global_on_eight_devices(tmp_path, recipe, chunk_size):
-    """loss.impl=ring (over 8 emulated devices) gives the loss curve of impl=global."""
+def test_ring_on_eight_devices_trains_like_global_on_one(tmp_path, recipe, chunk_size):
+    """loss.impl=ring over 8 emulated devices gives the loss curve of impl=global on one
+    device: the device count and the loss implementation change nothing."""
     curves = {}
-    for impl in ("global", "ring"):
+    for impl, devices in (("global", 1), ("ring", 8)):
         config = tiny(recipe, **{"total_steps": 10, "loss.impl": impl})
         config.loss.chunk_size = chunk_size if impl == "ring" else None
         config.evals = {}
-        train(config, str(tmp_path / impl), devices=jax.devices()[:8])
+        train(config, str(tmp_path / impl), devices=jax.devices()[:devices])
         curves[impl] = losses(tmp_path / impl)
-    assert len(curves["ring"]) == 10
+    assert len(curves["ring"]) == 10 and curves["ring"][0] != curves["ring"][-1]
     np.testing.assert_allclose(curves["ring"], curves["global"], rtol=1e-4)

@@ -1,0 +1,133 @@
+"""Fault injection on the tiny recipe: real signals to real processes, non-finite values
+in the step, bad configs from the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from multimodal_ssl.builder import Experiment
+from multimodal_ssl.metrics import read_metrics
+from multimodal_ssl.sharding import to_global
+from multimodal_ssl.train import TrainingDiverged, train
+from tests.test_train import ROOT, _main_cmd, tiny
+
+
+def _logged_steps(workdir) -> list[int]:
+    with open(workdir / "metrics.jsonl") as f:
+        return [json.loads(line)["step"] for line in f if "train/loss" in line]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_checkpoints_the_current_step_and_the_command_resumes(tmp_path, sig):
+    """The process finishes its step, saves it and exits 0; the same command resumes from
+    that step, and metrics.jsonl holds each step once."""
+    args = ["--config.total_steps=100000", "--config.checkpoint.every_steps=100000",
+            "--config.evals.zeroshot.every_steps=100000",
+            "--config.evals.retrieval.every_steps=100000"]
+    proc = subprocess.Popen(_main_cmd(tmp_path, *args), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (tmp_path / "metrics.jsonl").exists() or len(_logged_steps(tmp_path)) < 3:
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.time() < deadline, "no training steps within 240 s"
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-3000:]
+    saved = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
+    assert len(saved) == 1 and 3 <= saved[0] < 100000
+    assert f"Stopped by {sig.name} after step {saved[0]}" in stderr
+    if sig == signal.SIGINT:
+        return
+    with open(tmp_path / "metrics.jsonl", "a") as f:  # as if logged after the checkpoint
+        f.write(json.dumps({"step": saved[0] + 1, "train/loss": -1.0}) + "\n")
+    resume = [a.replace("=100000", f"={saved[0] + 3}") if "total_steps" in a else a for a in args]
+    resumed = subprocess.run(_main_cmd(tmp_path, *resume), cwd=ROOT, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Restored checkpoint of step {saved[0]}" in resumed.stderr
+    steps = _logged_steps(tmp_path)
+    assert steps == list(range(1, saved[0] + 4)), steps  # each once, the stale line replaced
+    assert read_metrics(str(tmp_path))[saved[0] + 1]["train/loss"] > 0
+
+
+def _bad_batch_run(policy, bad_steps, steps=4):
+    """Steps of the tiny recipe on one device with NaN images at ``bad_steps`` (1-based):
+    returns (per-step params, per-step metrics, final state)."""
+    config = tiny(**{"train.nan_policy": policy})
+    exp = Experiment(config, jax.devices()[:1])
+    loader = iter(exp.train_loader())
+    state = exp.init_state()
+    step = exp.train_step(state)
+    params, metrics = [jax.device_get(state.params)], []
+    for i in range(1, steps + 1):
+        batch = {m: np.array(v) for m, v in next(loader).items() if m in exp.modalities}
+        if i in bad_steps:
+            batch["image"][0, 0, 0, 0] = np.nan
+        state, m = step(state, to_global(batch, exp.mesh))
+        params.append(jax.device_get(state.params))
+        metrics.append(jax.device_get(m))
+    return params, metrics, state
+
+
+def _same(a, b):
+    return all(jax.tree.leaves(jax.tree.map(np.array_equal, a, b)))
+
+
+def test_skip_drops_only_the_non_finite_step_and_counts_it():
+    params, metrics, state = _bad_batch_run("skip", bad_steps={2})
+    assert _same(params[2], params[1])  # step 2's update dropped
+    assert not _same(params[3], params[2])  # step 3 trains again
+    assert [int(m["train/skipped_steps"]) for m in metrics] == [0, 1, 1, 1]
+    health = {k: int(v) for k, v in jax.device_get(state.health).items()}
+    assert health == {"skipped": 1, "streak": 0, "first_bad": 2, "what": 7}  # loss, grads, params
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(params[-1]))
+
+
+def test_stop_freezes_the_params_from_the_first_non_finite_step():
+    params, _, state = _bad_batch_run("stop", bad_steps={2})
+    assert _same(params[4], params[1])  # nothing applied from step 2 on
+    assert int(jax.device_get(state.health["first_bad"])) == 2
+
+
+@pytest.mark.filterwarnings("ignore:Sharding info not provided")
+def test_a_diverging_run_stops_naming_the_step_and_keeps_finite_checkpoints(tmp_path):
+    config = tiny(**{"optim.lr": 1e6, "total_steps": 12, "checkpoint.every_steps": 1})
+    config.evals = {}
+    with pytest.raises(TrainingDiverged, match=r"became non-finite at step (\d+); the latest "
+                                               r"checkpoint \(step \d+\) holds finite params"):
+        train(config, str(tmp_path), devices=jax.devices()[:1])
+    restore = ocp.PyTreeCheckpointer().restore
+    saved = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
+    assert saved
+    for s in saved:
+        state = restore(str(tmp_path / "checkpoints" / str(s) / "state"))
+        assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"])), s
+
+    config.train.nan_policy, config.train.max_consecutive_skips = "skip", 3
+    with pytest.raises(TrainingDiverged, match=r"3 steps in a row had non-finite values"):
+        train(config, str(tmp_path / "skip"), devices=jax.devices()[:1])
+
+
+def test_a_bad_config_prints_one_line_and_leaves_config_json(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    result = subprocess.run(_main_cmd(tmp_path, "--config.loss.pairs=image-smell"), cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "error: config.loss.pairs: 'image-smell' names modality 'smell'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (tmp_path / "config.json").read_text() == "{}"
+    verbose = subprocess.run(
+        _main_cmd(tmp_path, "--config.loss.pairs=image-smell", "--verbose"), cwd=ROOT,
+        capture_output=True, text=True, timeout=300,
+    )
+    assert verbose.returncode != 0 and "Traceback" in verbose.stderr
