@@ -66,7 +66,7 @@ def decode_image(data: bytes | np.ndarray, where: str, draft_size: int | None = 
         image = Image.open(io.BytesIO(data))
         if draft_size and image.format == "JPEG":
             image.draft("RGB", (draft_size, draft_size))
-        image = image.convert("RGB")  # decodes; raises on truncated data
+        image = _to_rgb(image)  # decodes; raises on truncated data
     except UnidentifiedImageError:
         raise BadRecord(where, "undecodable or truncated image (not a format PIL reads)") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
@@ -74,6 +74,25 @@ def decode_image(data: bytes | np.ndarray, where: str, draft_size: int | None = 
             where, f"undecodable or truncated image ({type(e).__name__}: {e})"
         ) from None
     return np.asarray(image)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB with the right values: 16/32-bit integer grey (``I;16*``, ``I``)
+    is scaled by its bit depth rather than clipped at 255; float grey (``F``) from [0, 1];
+    transparency (RGBA, LA, palette or grey with a transparent colour) is composited over
+    white; CMYK, YCbCr, palettes convert as PIL does."""
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        values = np.asarray(image, np.float64)
+        scale = {"F": 1.0, "I": 2**32 - 1 if values.max(initial=0) > 65535 else 65535}.get(
+            image.mode, 65535
+        )
+        grey = np.clip(np.rint(values / scale * 255), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
 
 
 def _rgb_array(image: np.ndarray, where: str) -> np.ndarray:
