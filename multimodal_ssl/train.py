@@ -80,7 +80,12 @@ def train(
         workdir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep
     )
     start_step = 0
-    restored = checkpointer.restore(abstract_like(state), data_iter)
+    try:
+        restored = checkpointer.restore(abstract_like(state), data_iter)
+    except BaseException:
+        checkpointer.close()
+        data_iter.close()
+        raise
     if restored is not None:
         state, start_step = restored
     train_step = exp.train_step(state)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import time
@@ -15,7 +17,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 from multimodal_ssl.builder import Experiment
+from multimodal_ssl.checkpointing import verify
 from multimodal_ssl.metrics import read_metrics
+from multimodal_ssl.preemption import StopRequest
 from multimodal_ssl.sharding import to_global
 from multimodal_ssl.train import TrainingDiverged, train
 from tests.test_train import ROOT, _main_cmd, tiny
@@ -26,15 +30,39 @@ def _logged_steps(workdir) -> list[int]:
         return [json.loads(line)["step"] for line in f if "train/loss" in line]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_checkpoints_the_current_step_and_the_command_resumes(tmp_path, sig):
+def test_stop_request_turns_signals_into_a_polled_flag():
+    """SIGTERM / SIGINT set the flag the loop polls (a second Ctrl-C stops at once); the
+    previous handlers come back afterwards."""
+    before = signal.getsignal(signal.SIGINT)
+    with StopRequest() as stop:
+        assert not stop.should_stop(1, metrics_step=False)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.signal_name == "SIGINT" and stop.should_stop(2, metrics_step=False)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signal_name == "SIGTERM"
+
+
+def test_sigterm_checkpoints_the_current_step_and_the_command_resumes(tmp_path):
     """The process finishes its step, saves it and exits 0; the same command resumes from
     that step, and metrics.jsonl holds each step once."""
-    args = ["--config.total_steps=100000", "--config.checkpoint.every_steps=100000",
-            "--config.evals.zeroshot.every_steps=100000",
-            "--config.evals.retrieval.every_steps=100000"]
-    proc = subprocess.Popen(_main_cmd(tmp_path, *args), cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    sig = signal.SIGTERM
+    args = [
+        "--config.total_steps=100000",
+        "--config.checkpoint.every_steps=100000",
+        "--config.evals.zeroshot.every_steps=100000",
+        "--config.evals.retrieval.every_steps=100000",
+    ]
+    proc = subprocess.Popen(
+        _main_cmd(tmp_path, *args),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 240
     while not (tmp_path / "metrics.jsonl").exists() or len(_logged_steps(tmp_path)) < 3:
         assert proc.poll() is None, proc.stderr.read()[-3000:]
@@ -46,13 +74,12 @@ def test_a_signal_checkpoints_the_current_step_and_the_command_resumes(tmp_path,
     saved = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
     assert len(saved) == 1 and 3 <= saved[0] < 100000
     assert f"Stopped by {sig.name} after step {saved[0]}" in stderr
-    if sig == signal.SIGINT:
-        return
     with open(tmp_path / "metrics.jsonl", "a") as f:  # as if logged after the checkpoint
         f.write(json.dumps({"step": saved[0] + 1, "train/loss": -1.0}) + "\n")
     resume = [a.replace("=100000", f"={saved[0] + 3}") if "total_steps" in a else a for a in args]
-    resumed = subprocess.run(_main_cmd(tmp_path, *resume), cwd=ROOT, capture_output=True,
-                             text=True, timeout=600)
+    resumed = subprocess.run(
+        _main_cmd(tmp_path, *resume), cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Restored checkpoint of step {saved[0]}" in resumed.stderr
     steps = _logged_steps(tmp_path)
@@ -103,8 +130,11 @@ def test_stop_freezes_the_params_from_the_first_non_finite_step():
 def test_a_diverging_run_stops_naming_the_step_and_keeps_finite_checkpoints(tmp_path):
     config = tiny(**{"optim.lr": 1e6, "total_steps": 12, "checkpoint.every_steps": 1})
     config.evals = {}
-    with pytest.raises(TrainingDiverged, match=r"became non-finite at step (\d+); the latest "
-                                               r"checkpoint \(step \d+\) holds finite params"):
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"became non-finite at step (\d+); the latest "
+        r"checkpoint \(step \d+\) holds finite params",
+    ):
         train(config, str(tmp_path), devices=jax.devices()[:1])
     restore = ocp.PyTreeCheckpointer().restore
     saved = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
@@ -120,14 +150,110 @@ def test_a_diverging_run_stops_naming_the_step_and_keeps_finite_checkpoints(tmp_
 
 def test_a_bad_config_prints_one_line_and_leaves_config_json(tmp_path):
     (tmp_path / "config.json").write_text("{}")
-    result = subprocess.run(_main_cmd(tmp_path, "--config.loss.pairs=image-smell"), cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        _main_cmd(tmp_path, "--config.loss.pairs=image-smell"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2
     assert "error: config.loss.pairs: 'image-smell' names modality 'smell'" in result.stderr
     assert "Traceback" not in result.stderr
     assert (tmp_path / "config.json").read_text() == "{}"
     verbose = subprocess.run(
-        _main_cmd(tmp_path, "--config.loss.pairs=image-smell", "--verbose"), cwd=ROOT,
-        capture_output=True, text=True, timeout=300,
+        _main_cmd(tmp_path, "--config.loss.pairs=image-smell", "--verbose"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert verbose.returncode != 0 and "Traceback" in verbose.stderr
+
+
+@pytest.fixture(scope="module")
+def six_steps(tmp_path_factory):
+    """A finished 6-step tiny run with checkpoints 3 and 6 (checksummed)."""
+    workdir = tmp_path_factory.mktemp("six")
+    config = tiny(**{"total_steps": 6, "checkpoint.every_steps": 3})
+    config.evals = {}
+    train(config, str(workdir), devices=jax.devices()[:1])
+    return config, workdir
+
+
+def _params(workdir, step):
+    state = ocp.PyTreeCheckpointer().restore(str(workdir / "checkpoints" / str(step) / "state"))
+    return state["params"]
+
+
+def _damage(step_dir, how):
+    files = sorted(
+        (p for p in (step_dir / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size
+    )
+    if how == "delete_metadata":
+        (step_dir / "state" / "_METADATA").unlink()
+    elif how == "delete_data_state":
+        for p in (step_dir / "data").rglob("*"):
+            if p.is_file():
+                p.unlink()
+    else:
+        biggest = files[-1]
+        data = bytearray(biggest.read_bytes())
+        if how == "flip":
+            middle = len(data) // 2
+            data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
+        else:  # truncate
+            data = data[: len(data) // 2]
+        biggest.write_bytes(bytes(data))
+
+
+@pytest.mark.filterwarnings("ignore:Sharding info not provided")
+@pytest.mark.parametrize("how", ["flip", "delete_metadata"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(six_steps, tmp_path, caplog, how):
+    """Changed bytes, a truncated or missing file: the newest checkpoint is moved aside
+    with a warning naming it, the run resumes from the previous one and ends where the
+    undamaged run ended."""
+    config, original = six_steps
+    workdir = tmp_path / "run"
+    shutil.copytree(original, workdir)
+    _damage(workdir / "checkpoints" / "6", how)
+    config = config.copy_and_resolve_references()
+    config.total_steps = 6
+    train(config, str(workdir), devices=jax.devices()[:1])
+    assert "Checkpoint of step 6" in caplog.text and "is unusable" in caplog.text
+    assert [p.name.split("-")[0] for p in (workdir / "checkpoints" / "unusable").iterdir()] == ["6"]
+    assert _same(_params(workdir, 6), _params(original, 6))  # redone from step 3, identically
+
+
+@pytest.mark.parametrize(
+    "how, problem",
+    [
+        ("flip", r"file state/\S+ changed \(checksum mismatch\)"),
+        ("truncate", r"file state/\S+ changed \(checksum mismatch\)"),
+        ("delete_metadata", r"file state/_METADATA is missing"),
+        ("delete_data_state", r"file data/\S+ is missing"),
+    ],
+)
+def test_checksums_name_the_damaged_file(six_steps, tmp_path, how, problem):
+    _, original = six_steps
+    step_dir = tmp_path / "6"
+    shutil.copytree(original / "checkpoints" / "6", step_dir)
+    assert verify(str(step_dir)) is None
+    _damage(step_dir, how)
+    assert re.fullmatch(problem, verify(str(step_dir)))
+
+
+def test_a_checkpoint_of_another_model_size_is_named_not_dropped(six_steps, tmp_path):
+    config, original = six_steps
+    workdir = tmp_path / "run"
+    shutil.copytree(original, workdir)
+    config = config.copy_and_resolve_references()
+    config.model.image.width = 64
+    config.total_steps = 9
+    with pytest.raises(
+        ValueError,
+        match=r"checkpoint of step 6 .* does not fit this config: "
+        r"param img/\S+: checkpoint \(.*32.*\), config",
+    ):
+        train(config, str(workdir), devices=jax.devices()[:1])
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]  # nothing moved
