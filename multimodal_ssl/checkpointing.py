@@ -85,9 +85,9 @@ def _first_mismatch(saved: Any, wanted: Any) -> str | None:
 
 
 class Checkpointer:
-    """Saves every ``every_steps`` steps (and on demand), keeps the newest ``keep``."""
+    """Saves the steps the loop asks for, keeps the newest ``keep``."""
 
-    def __init__(self, workdir: str, *, every_steps: int, keep: int):
+    def __init__(self, workdir: str, *, keep: int):
         self.root = os.path.join(os.path.abspath(workdir), "checkpoints")
         self._manager = ocp.CheckpointManager(
             self.root,

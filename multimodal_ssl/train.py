@@ -76,9 +76,7 @@ def train(
     )
     data_iter = iter(exp.train_loader())
     state = exp.init_state()
-    checkpointer = Checkpointer(
-        workdir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep
-    )
+    checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep)
     start_step = 0
     try:
         restored = checkpointer.restore(abstract_like(state), data_iter)

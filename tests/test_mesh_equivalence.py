@@ -191,10 +191,10 @@ def test_mesh_trains_like_one_device_with_configured_shardings(reference, case, 
     assert state.params["t"].sharding.spec == P()
 
     if microbatches > 1:  # orbax round trip of a sharded state
-        ckpt = Checkpointer(str(tmp_path), every_steps=1, keep=1)
+        ckpt = Checkpointer(str(tmp_path), keep=1)
         ckpt.save(STEPS, state, _FakeIterator())
         ckpt.close()
-        ckpt = Checkpointer(str(tmp_path), every_steps=1, keep=1)
+        ckpt = Checkpointer(str(tmp_path), keep=1)
         restored, step = ckpt.restore(abstract_like(state), _FakeIterator())
         one = make_mesh({"data": 1}, jax.devices()[:1])
         on_one = jax.tree.map(
