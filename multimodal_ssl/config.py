@@ -142,6 +142,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.nan_policy = "stop"
     c.train.max_consecutive_skips = 10
 
+    # A jax.profiler trace of steps [start_step, start_step + num_steps) in <workdir>/profile.
+    c.profile = ml_collections.ConfigDict()
+    c.profile.start_step = ml_collections.config_dict.placeholder(int)
+    c.profile.num_steps = 3
+
     c.evals = ml_collections.ConfigDict()
     return c
 
@@ -218,6 +223,29 @@ def _check_positive(path: str, value: Any, allow_zero: bool = False) -> None:
         _fail(path, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
 
+def _check_patches_fit(config: ml_collections.ConfigDict) -> None:
+    """``data.image_size`` must be a multiple of every image-like tower's patch size."""
+    from multimodal_ssl.data.modalities import modality_kind
+    from multimodal_ssl.models.towers import tower_class
+
+    size = config.data.image_size
+    for modality, tower in config.model.towers.items():
+        if modality_kind(modality, tower["type"]) not in ("image", "depth"):
+            continue
+        module = tower_class(tower["type"])(**{k: v for k, v in tower.items() if k != "type"})
+        try:
+            patch = module.sizes()["patch_size"]
+        except ValueError as e:
+            _fail(f"model.towers.{modality}", str(e))
+        if size % patch[0] or size % patch[1]:
+            fit = size - size % patch[0] or patch[0]
+            _fail(
+                "data.image_size",
+                f"{size} is not a multiple of the {patch[0]}x{patch[1]} patches of "
+                f"config.model.towers.{modality}; use e.g. {fit}",
+            )
+
+
 def _check_towers(model: ml_collections.ConfigDict) -> None:
     from multimodal_ssl.models import towers  # local: keep config import light
 
@@ -270,6 +298,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     from multimodal_ssl.data.modalities import check_pp_config  # local: keep config light
 
     check_pp_config(config)
+    _check_patches_fit(config)
     _check_positive("model.embed_dim", config.model.embed_dim)
     _check_choice("model.dtype", config.model.dtype, DTYPES)
     from multimodal_ssl.models.common import REMAT_POLICIES
@@ -326,6 +355,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _check_positive("checkpoint.every_minutes", config.checkpoint.every_minutes)
     _check_choice("train.nan_policy", config.train.nan_policy, NAN_POLICIES)
     _check_positive("train.max_consecutive_skips", config.train.max_consecutive_skips)
+    if config.profile.start_step is not None:
+        _check_positive("profile.start_step", config.profile.start_step)
+    _check_positive("profile.num_steps", config.profile.num_steps)
 
     from multimodal_ssl.evals import get_evaluator  # local: evals import data and models
 

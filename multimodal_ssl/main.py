@@ -43,6 +43,27 @@ def _reexec_with_malloc_tuning() -> None:
     os.execve(sys.executable, [sys.executable, "-m", "multimodal_ssl.main", *sys.argv[1:]], env)
 
 
+def check_workdir(workdir: str) -> None:
+    """Creates ``workdir``; ValueError naming it when it is a file, cannot be created or
+    written, or its ``checkpoints`` is a file."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"--workdir={workdir} is a file, not a directory; choose another")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, ".write_probe")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(
+            f"--workdir={workdir} cannot be created or written ({e.strerror}); choose a "
+            "writable directory"
+        ) from None
+    checkpoints = os.path.join(workdir, "checkpoints")
+    if os.path.exists(checkpoints) and not os.path.isdir(checkpoints):
+        raise ValueError(f"{checkpoints} is a file; move it away or choose another --workdir")
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -57,7 +78,7 @@ def main(argv: list[str]) -> None:
     try:
         validate(config)  # before config.json is written: a rejected config leaves it alone
         if jax.process_index() == 0:
-            os.makedirs(workdir, exist_ok=True)
+            check_workdir(workdir)
             with open(os.path.join(workdir, "config.json"), "w") as f:
                 json.dump(config.to_dict(), f, indent=2, sort_keys=True)
         logging.info("Config:\n%s", config)

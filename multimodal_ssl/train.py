@@ -22,6 +22,7 @@ from absl import logging
 from multimodal_ssl.builder import Experiment
 from multimodal_ssl.checkpointing import Checkpointer, abstract_like
 from multimodal_ssl.metrics import MetricWriter, Progress
+from multimodal_ssl.observe import Profiler, StepClock, compile_step
 from multimodal_ssl.preemption import StopRequest
 from multimodal_ssl.sharding import to_global
 from multimodal_ssl.train_state import NONFINITE, TrainState
@@ -92,26 +93,31 @@ def train(
     embedder = exp.embedder()
     writer = MetricWriter(workdir, resume_step=start_step)
     progress = Progress(config.total_steps, start_step)
+    profiler = Profiler(config.profile, workdir)
+    clock = StepClock()
     last: dict[str, float] = {}
-    window_start, window_steps = time.perf_counter(), 0
     last_saved, saved_at = start_step, time.monotonic()
     try:
         with StopRequest() as stop:
             for step in range(start_step + 1, config.total_steps + 1):
                 batch = to_global(_next_batch(data_iter, exp), mesh)
-                state, metrics = train_step(state, batch)
-                window_steps += 1
-                if step == start_step + 1:  # exclude compilation from examples/s
+                profiler.before(step)
+                if step == start_step + 1:  # compile ahead (timed, memory), excluded from ex/s
+                    train_step, startup = compile_step(train_step, state, batch)
+                    state, metrics = train_step(state, batch)
                     jax.block_until_ready(metrics)
-                    window_start, window_steps = time.perf_counter(), 0
+                    clock.reset()
+                else:
+                    state, metrics = train_step(state, batch)
+                    clock.tick()
+                profiler.after(step, metrics)
                 logging_step = _should_run(step, config.log_every_steps, config.total_steps)
                 if logging_step:
                     last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    elapsed = time.perf_counter() - window_start
-                    if window_steps:
-                        last["train/examples_per_sec"] = window_steps * config.batch_size / elapsed
+                    last.update(clock.metrics(config.batch_size), **startup)
                     last["data/skipped"] = float(data_iter.skipped_all_processes())
-                    window_start, window_steps = time.perf_counter(), 0
+                    startup = {}  # logged once
+                    clock.reset()
                     writer.write(step, last)
                     progress.update(
                         step,
@@ -140,25 +146,34 @@ def train(
                     break
                 if logging_step:
                     check_health(state, config, last_saved)
-                due = {
-                    n: e
-                    for n, e in evaluators.items()
-                    if _should_run(step, config.evals[n].every_steps, config.total_steps)
-                }
-                if due:
-                    embedder.params = state.params
-                    results = {}
-                    for evaluator in due.values():
-                        results.update(evaluator.run(embedder.embed_fns()))
+                results = _run_evals(step, state, config, evaluators, embedder)
+                if results:
                     writer.write(step, results)
-                    logging.info("step %d evals: %s", step, results)
                     last.update(results)
     finally:
+        profiler.close()
         progress.close()
         checkpointer.close()
         data_iter.close()
         writer.close()
     return last
+
+
+def _run_evals(step, state, config, evaluators, embedder) -> dict[str, float]:
+    """The evaluators due at ``step`` on the current params -> their metrics."""
+    due = [
+        e
+        for n, e in evaluators.items()
+        if _should_run(step, config.evals[n].every_steps, config.total_steps)
+    ]
+    if not due:
+        return {}
+    embedder.params = state.params
+    results = {}
+    for evaluator in due:
+        results.update(evaluator.run(embedder.embed_fns()))
+    logging.info("step %d evals: %s", step, results)
+    return results
 
 
 def _minutes_due(config: ml_collections.ConfigDict, saved_at: float) -> bool:

@@ -257,3 +257,42 @@ def test_a_checkpoint_of_another_model_size_is_named_not_dropped(six_steps, tmp_
     ):
         train(config, str(workdir), devices=jax.devices()[:1])
     assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]  # nothing moved
+
+
+def test_compile_time_memory_step_times_and_a_profile_are_recorded(tmp_path):
+    config = tiny(**{"total_steps": 5, "profile.start_step": 2, "profile.num_steps": 2})
+    config.evals = {}
+    train(config, str(tmp_path), devices=jax.devices()[:1])
+    metrics = read_metrics(str(tmp_path))
+    assert metrics[1]["compile/seconds"] > 0 and metrics[1]["memory/temp_mib"] > 0
+    assert "compile/seconds" not in metrics[2]  # once
+    assert 0 < metrics[3]["train/step_time_p50_ms"] <= metrics[3]["train/step_time_p90_ms"]
+    traces = list((tmp_path / "profile").rglob("*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0
+
+
+def test_bad_workdirs_are_named(tmp_path):
+    from multimodal_ssl.main import check_workdir
+
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(ValueError, match=r"--workdir=\S+/file is a file, not a directory"):
+        check_workdir(str(a_file))
+    (tmp_path / "run" / "checkpoints").parent.mkdir()
+    (tmp_path / "run" / "checkpoints").write_text("x")
+    with pytest.raises(ValueError, match=r"\S+/run/checkpoints is a file; move it away"):
+        check_workdir(str(tmp_path / "run"))
+    with pytest.raises(ValueError, match=r"--workdir=/proc/no/dir cannot be created or written"):
+        check_workdir("/proc/no/dir")  # (not writable even for root)
+
+
+def test_an_image_size_that_does_not_fit_the_patches_is_a_config_error():
+    from multimodal_ssl.config import validate
+
+    config = tiny(**{"data.image_size": 18})
+    with pytest.raises(
+        ValueError,
+        match=r"config\.data\.image_size: 18 is not a multiple of the "
+        r"8x8 patches of config\.model\.towers\.image; use e\.g\. 16",
+    ):
+        validate(config)

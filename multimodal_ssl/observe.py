@@ -1,0 +1,94 @@
+"""What a researcher wants to see of a run besides the loss: the train step's compile
+time and per-device memory (logged once), examples/s and step-time percentiles per
+metrics window, and a ``jax.profiler`` trace of chosen steps (``config.profile``) for
+TensorBoard's profile plugin."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+MIB = 2**20
+
+
+def compile_step(step_fn: Any, state: Any, batch: Any) -> tuple[Callable, dict[str, float]]:
+    """Compiles the jitted ``step_fn`` for ``(state, batch)`` ahead of time: -> (the
+    compiled step, ``{"compile/seconds", "memory/{argument,output,temp}_mib"}``: XLA's
+    per-device sizes from ``memory_analysis()``), logged once."""
+    start = time.perf_counter()
+    compiled = step_fn.lower(state, batch).compile()
+    info = {"compile/seconds": time.perf_counter() - start}
+    memory = compiled.memory_analysis()
+    if memory is not None:
+        for name in ("argument", "output", "temp"):
+            info[f"memory/{name}_mib"] = getattr(memory, f"{name}_size_in_bytes") / MIB
+    logging.info(
+        "Train step compiled in %.1f s; per device: %s",
+        info["compile/seconds"],
+        ", ".join(f"{k.split('/')[1]} {v:.1f}" for k, v in info.items() if k != "compile/seconds")
+        or "no memory analysis on this backend",
+    )
+    return compiled, info
+
+
+class StepClock:
+    """Host time of each loop iteration in a metrics window (dispatch is asynchronous, so
+    in steady state an iteration takes one device step)."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self._times: list[float] = []
+        self._last = time.perf_counter()
+
+    def tick(self) -> None:
+        now = time.perf_counter()
+        self._times.append(now - self._last)
+        self._last = now
+
+    def metrics(self, batch_size: int) -> dict[str, float]:
+        """``train/examples_per_sec`` and ``train/step_time_{p50,p90}_ms`` of the window."""
+        if not self._times:
+            return {}
+        t = np.asarray(self._times)
+        return {
+            "train/examples_per_sec": len(t) * batch_size / t.sum(),
+            "train/step_time_p50_ms": float(np.percentile(t, 50) * 1e3),
+            "train/step_time_p90_ms": float(np.percentile(t, 90) * 1e3),
+        }
+
+
+class Profiler:
+    """Traces steps ``[start_step, start_step + num_steps)`` (``config.profile``) into
+    ``<workdir>/profile`` (process 0; TensorBoard's profile plugin reads it)."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, workdir: str):
+        self.start = cfg.start_step
+        self.stop = None if self.start is None else self.start + cfg.num_steps - 1
+        self.dir = os.path.join(workdir, "profile")
+        self.active = False
+
+    def before(self, step: int) -> None:
+        if step == self.start and jax.process_index() == 0:
+            jax.profiler.start_trace(self.dir)
+            self.active = True
+
+    def after(self, step: int, outputs: Any) -> None:
+        if self.active and step == self.stop:
+            jax.block_until_ready(outputs)
+            jax.profiler.stop_trace()
+            self.active = False
+            logging.info("Profile of steps %d-%d written to %s", self.start, step, self.dir)
+
+    def close(self) -> None:
+        if self.active:
+            jax.profiler.stop_trace()
+            self.active = False
