@@ -266,7 +266,7 @@ def test_compile_time_memory_step_times_and_a_profile_are_recorded(tmp_path):
     metrics = read_metrics(str(tmp_path))
     assert metrics[1]["compile/seconds"] > 0 and metrics[1]["memory/temp_mib"] > 0
     assert "compile/seconds" not in metrics[2]  # once
-    assert 0 < metrics[3]["train/step_time_p50_ms"] <= metrics[3]["train/step_time_p90_ms"]
+    assert metrics[3]["train/step_time_ms"] > 0 and metrics[3]["train/examples_per_sec"] > 0
     traces = list((tmp_path / "profile").rglob("*.xplane.pb"))
     assert len(traces) == 1 and traces[0].stat().st_size > 0
 

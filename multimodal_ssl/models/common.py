@@ -388,6 +388,23 @@ class MAPHead(nn.Module):
         return x[:, 0]
 
 
+def add_learned_positions(
+    tower: nn.Module, x: jnp.ndarray, max_len: int, dtype: Any, *, train: bool
+) -> jnp.ndarray:
+    """``x`` [b, l, d] (l <= max_len) plus the first l rows of the tower's learned
+    ``pos_embedding`` [1, max_len, d] (normal, std 1/sqrt(d)), then the tower's dropout;
+    called inside the tower's compact ``__call__`` (text and sequence towers)."""
+    width = x.shape[-1]
+    pos = tower.param(
+        "pos_embedding",
+        nn.initializers.normal(stddev=1 / np.sqrt(width)),
+        (1, max_len, width),
+        jnp.float32,
+    )
+    x = x + pos[:, : x.shape[1]].astype(dtype)
+    return nn.Dropout(rate=tower.dropout)(x, deterministic=not train)
+
+
 def encode_and_pool(
     tower: nn.Module,
     x: jnp.ndarray,

@@ -13,10 +13,10 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
-import numpy as np
 
 from multimodal_ssl.models.common import (
     MlpBlock,
+    add_learned_positions,
     compute_dtype,
     encode_and_pool,
     layer_norm,
@@ -96,12 +96,5 @@ class SequenceTower(nn.Module):
         dtype = compute_dtype(self.dtype)
         width = sizes["width"]
         x = nn.Dense(width, dtype=dtype, name="input_proj")(x.astype(dtype))
-        pos = self.param(
-            "pos_embedding",
-            nn.initializers.normal(stddev=1 / np.sqrt(width)),
-            (1, self.max_len, width),
-            jnp.float32,
-        )
-        x = x + pos[:, : x.shape[1]].astype(dtype)
-        x = nn.Dropout(rate=self.dropout)(x, deterministic=not train)
+        x = add_learned_positions(self, x, self.max_len, dtype, train=train)
         return encode_and_pool(self, x, sizes, dtype, train=train, name="Transformer")

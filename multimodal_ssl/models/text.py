@@ -11,9 +11,13 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
-import numpy as np
 
-from multimodal_ssl.models.common import compute_dtype, encode_and_pool, resolve_sizes
+from multimodal_ssl.models.common import (
+    add_learned_positions,
+    compute_dtype,
+    encode_and_pool,
+    resolve_sizes,
+)
 
 POOLS = ("last", "first", "mean", "map")
 
@@ -79,13 +83,6 @@ class TextTransformer(nn.Module):
             )
 
         x = nn.Embed(self.vocab_size, width, dtype=dtype, name="Embed_0")(text)
-        pos = self.param(
-            "pos_embedding",
-            nn.initializers.normal(stddev=1 / np.sqrt(width)),
-            (1, self.max_len, width),
-            jnp.float32,
-        )
-        x = x + pos[:, : text.shape[1]].astype(dtype)
-        x = nn.Dropout(rate=self.dropout)(x, deterministic=not train)
+        x = add_learned_positions(self, x, self.max_len, dtype, train=train)
 
         return encode_and_pool(self, x, sizes, dtype, train=train, name="Encoder_0")
