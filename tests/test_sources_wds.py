@@ -16,7 +16,7 @@ from PIL import Image
 from multimodal_ssl.data import pipeline, sources, tokenizers
 from multimodal_ssl.data.fields import FieldRequest
 from multimodal_ssl.data.records import BadRecord
-from multimodal_ssl.data.wds_source import expand_braces, expand_shards
+from multimodal_ssl.data.wds_source import WdsSource, expand_braces, expand_shards
 
 TOK = tokenizers.ByteTokenizer(32)
 
@@ -242,3 +242,19 @@ def test_a_sample_missing_a_requested_member_names_it(tmp_path, members, reason)
     assert src.provides == {"image", "text", "audio"} and src[0]["audio"] == wav(0)
     with pytest.raises(BadRecord, match=rf"m\.tar sample s1: {reason}"):
         src[1]
+
+
+def test_a_tar_cut_inside_a_header_is_a_counted_problem(tmp_path):
+    """tarfile stops quietly at a header cut short; the source reports the shard (and the
+    loader counts it in data/skipped) instead of silently dropping its remaining samples."""
+    path = write_wds_shard(str(tmp_path / "cut.tar"), range(8))
+    with tarfile.open(path) as tar:
+        header = next(m for m in tar.getmembers() if m.name.startswith("sample000005")).offset
+    with open(path, "r+b") as f:
+        f.truncate(header + 100)  # inside the 512-byte header block
+    src = WdsSource(path, label_key=None)
+    assert len(src) == 5
+    assert len(src.problems) == 1 and "truncated tar: a header is cut short" in src.problems[0]
+    it = iter(pipeline.make_train_loader(src, batch_size=2, seed=0, tokenizer=TOK, image_size=8))
+    next(it)
+    assert it.skipped == 1

@@ -112,6 +112,20 @@ def _resolve(request: FieldRequest) -> _Field:
     return _Field(request.key, f".{ext}", f"{ext!r} member", request.binary, json_field)
 
 
+def _cut_header(path: str, end: int, samples: int) -> str | None:
+    """tarfile stops quietly at a header cut short: a tar is complete when only zero
+    blocks (the end-of-archive marker) follow the last member it read."""
+    with open(path, "rb") as f:
+        f.seek(end)
+        rest = f.read()
+    if rest.strip(b"\0"):
+        return (
+            f"truncated tar: a header is cut short at byte {end} of {end + len(rest)} "
+            f"({samples} samples read before it; the rest are lost)"
+        )
+    return None
+
+
 class WdsSource:
     """Random access to the samples of WebDataset shards.
 
@@ -188,6 +202,8 @@ class WdsSource:
                     )
                     for role in roles:
                         found.setdefault(role, (info.offset_data, info.size))
+                end = tar.offset
+            problem = _cut_header(path, end, len(samples))
         except FileNotFoundError:
             problem = "shard file does not exist"
         except (tarfile.TarError, EOFError, OSError) as e:
