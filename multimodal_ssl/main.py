@@ -43,6 +43,43 @@ def _reexec_with_malloc_tuning() -> None:
     os.execve(sys.executable, [sys.executable, "-m", "multimodal_ssl.main", *sys.argv[1:]], env)
 
 
+def _override_error(argv: list[str], error: Exception) -> str:
+    """A one-line message for a ``--config.KEY=VALUE`` the recipe rejected: the first key
+    that does not exist, with its full path and the valid keys there (else the error)."""
+    recipe = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if recipe is not None:
+        from multimodal_ssl.recipes import load_recipe
+
+        path, _, arg = recipe.partition(":")
+        config = load_recipe(path, arg or None)
+        for a in argv:
+            if not a.startswith("--config."):
+                continue
+            keys = a[len("--config.") :].split("=", 1)[0].split(".")
+            node = config
+            for i, key in enumerate(keys):
+                if not hasattr(node, "keys") or key not in node:
+                    valid = sorted(node.keys()) if hasattr(node, "keys") else []
+                    where = ".".join(keys[: i + 1])
+                    return f"config.{where}: unknown key (from {a}); valid keys here are {valid}"
+                node = node[key]
+    return f"{type(error).__name__}: {error}".replace("\n", " ")
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a rejected config override reported in one line."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error:
+        raise  # absl prints these with the usage
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        if "--verbose" in argv:
+            raise
+        print(f"error: {_override_error(argv, e)}", file=sys.stderr)
+        print("(rerun with --verbose for the traceback)", file=sys.stderr)
+        sys.exit(2)
+
+
 def check_workdir(workdir: str) -> None:
     """Creates ``workdir``; ValueError naming it when it is a file, cannot be created or
     written, or its ``checkpoints`` is a file."""
@@ -95,4 +132,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     _reexec_with_malloc_tuning()
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
