@@ -70,12 +70,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with a rejected config override reported in one line."""
     try:
         return flags.FLAGS(argv)
-    except flags.Error:
-        raise  # absl prints these with the usage
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
         if "--verbose" in argv:
             raise
-        print(f"error: {_override_error(argv, e)}", file=sys.stderr)
+        message = str(e) if isinstance(e, flags.Error) else _override_error(argv, e)
+        print(f"error: {message}", file=sys.stderr)
         print("(rerun with --verbose for the traceback)", file=sys.stderr)
         sys.exit(2)
 
