@@ -169,6 +169,17 @@ def test_a_bad_config_prints_one_line_and_leaves_config_json(tmp_path):
         timeout=300,
     )
     assert verbose.returncode != 0 and "Traceback" in verbose.stderr
+    bad_value = subprocess.run(
+        _main_cmd(tmp_path, "--config.optim.lr=abc"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad_value.returncode == 2 and "Traceback" not in bad_value.stderr
+    assert (
+        "error: flag --config.optim.lr=abc: could not convert string to float" in bad_value.stderr
+    )
 
 
 @pytest.fixture(scope="module")
