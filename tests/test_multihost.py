@@ -2,9 +2,11 @@
 process fed the same global batches, and checkpoint cooperatively."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -28,15 +30,15 @@ from multimodal_ssl import distributed
 distributed.initialize(sys.argv[1], {n}, int(sys.argv[2]))
 from multimodal_ssl.train import train
 from tests.test_multihost import config
-train(config(), sys.argv[3])
+train(config(**{kwargs}), sys.argv[3])
 """
 
 
-def config():
+def config(steps=STEPS):
     """Tiny recipe; FSDP over the 2 processes' devices, so params are split across hosts."""
     c = load_recipe(os.path.join(ROOT, "configs", "siglip.py"), "tiny")
-    c.total_steps = STEPS
-    c.checkpoint.every_steps = STEPS
+    c.total_steps = steps
+    c.checkpoint.every_steps = steps
     c.mesh.update({"data": 1, "fsdp": PROCESSES, "model": 1})
     c.sharding.fsdp_min_size = 0
     c.model.image.pool, c.model.text.pool = "gap", "mean"
@@ -50,7 +52,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_processes(workdir, logdir):
+def _start_processes(workdir, logdir, **config_kwargs):
     """The 2-process run of WORKER, in the background; its output goes to logdir."""
     address = f"127.0.0.1:{_free_port()}"
     env = dict(
@@ -64,7 +66,7 @@ def _start_processes(workdir, logdir):
                     [
                         sys.executable,
                         "-c",
-                        WORKER.format(n=PROCESSES),
+                        WORKER.format(n=PROCESSES, kwargs=config_kwargs),
                         address,
                         str(i),
                         str(workdir),
@@ -143,6 +145,27 @@ def test_two_processes_train_and_checkpoint_like_one(tmp_path):
         jax.tree.leaves(restored.params), jax.tree.leaves(ref_state.params), strict=True
     ):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-7)
+
+
+def test_sigterm_stops_both_processes_at_the_same_step(tmp_path):
+    """SIGTERM to one process: JAX's preemption sync point makes both stop after the same
+    step; they write one checkpoint of it together and exit 0."""
+    workdir = tmp_path / "run"
+    procs = _start_processes(workdir, tmp_path, steps=100000)
+    try:
+        deadline = time.time() + 300
+        while len(read_metrics(str(workdir)) if (workdir / "metrics.jsonl").exists() else []) < 3:
+            assert all(p.poll() is None for p in procs), (tmp_path / "process_0.log").read_text()
+            assert time.time() < deadline, "no training steps within 300 s"
+            time.sleep(0.1)
+        procs[1].send_signal(signal.SIGTERM)
+    finally:
+        _wait(procs, tmp_path)
+    saved = sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit())
+    assert len(saved) == 1 and 3 <= saved[0] < 100000
+    for i in range(PROCESSES):
+        log = (tmp_path / f"process_{i}.log").read_text()
+        assert f"after step {saved[0]}; its checkpoint is written" in log, log[-2000:]
 
 
 def test_initialize_needs_all_three_or_auto(monkeypatch):
