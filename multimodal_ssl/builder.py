@@ -1,7 +1,8 @@
 """The one place that turns a config into the pieces of a run: mesh, tokenizer, per-
 modality preprocessing, the multi-tower model, the objective, the optimizer, the train
 state, the train step, the evaluators and the embedder. ``train``, ``evaluate``,
-``embed``, the experiments and the tests all build through :class:`Experiment`.
+``embed`` and the tests build through :class:`Experiment` (the step benchmarks use
+its parts directly).
 
     exp = Experiment(config)                      # validates, builds the model
     loader = exp.train_loader()                   # this process's batches
