@@ -148,34 +148,23 @@ def test_a_diverging_run_stops_naming_the_step_and_keeps_finite_checkpoints(tmp_
         train(config, str(tmp_path / "skip"), devices=jax.devices()[:1])
 
 
+def _run_main(workdir, *overrides):
+    """``python -m multimodal_ssl.main`` on the tiny recipe, output captured."""
+    return subprocess.run(
+        _main_cmd(workdir, *overrides), cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+
+
 def test_a_bad_config_prints_one_line_and_leaves_config_json(tmp_path):
     (tmp_path / "config.json").write_text("{}")
-    result = subprocess.run(
-        _main_cmd(tmp_path, "--config.loss.pairs=image-smell"),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = _run_main(tmp_path, "--config.loss.pairs=image-smell")
     assert result.returncode == 2
     assert "error: config.loss.pairs: 'image-smell' names modality 'smell'" in result.stderr
     assert "Traceback" not in result.stderr
     assert (tmp_path / "config.json").read_text() == "{}"
-    verbose = subprocess.run(
-        _main_cmd(tmp_path, "--config.loss.pairs=image-smell", "--verbose"),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    verbose = _run_main(tmp_path, "--config.loss.pairs=image-smell", "--verbose")
     assert verbose.returncode != 0 and "Traceback" in verbose.stderr
-    bad_value = subprocess.run(
-        _main_cmd(tmp_path, "--config.optim.lr=abc"),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    bad_value = _run_main(tmp_path, "--config.optim.lr=abc")
     assert bad_value.returncode == 2 and "Traceback" not in bad_value.stderr
     assert (
         "error: flag --config.optim.lr=abc: could not convert string to float" in bad_value.stderr
