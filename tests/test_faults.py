@@ -296,3 +296,21 @@ def test_an_image_size_that_does_not_fit_the_patches_is_a_config_error():
         r"8x8 patches of config\.model\.towers\.image; use e\.g\. 16",
     ):
         validate(config)
+
+
+@pytest.mark.filterwarnings("ignore:Sharding info not provided")
+def test_every_minutes_saves_by_wall_time(tmp_path):
+    """checkpoint.every_minutes: a save at every metrics step once that much time passed
+    since the last one (here: any time at all), besides every_steps and the end."""
+    config = tiny(
+        **{
+            "total_steps": 4,
+            "checkpoint.every_steps": 1000,
+            "checkpoint.keep": 5,
+            "checkpoint.every_minutes": 1e-9,
+        }
+    )
+    config.evals = {}
+    train(config, str(tmp_path), devices=jax.devices()[:1])
+    saved = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
+    assert saved == [1, 2, 3, 4]  # without every_minutes only 4 (the end): test_train.py
