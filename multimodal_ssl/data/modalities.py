@@ -296,18 +296,13 @@ def make_processors(
 
 def check_pp_config(config: Any) -> None:
     """Builds every processor (train and eval) once: ValueError naming the bad key."""
-    for key in config.data.get("pp") or {}:
-        if key not in config.model.towers:
-            raise ValueError(
-                f"config.data.pp.{key}: no tower for modality {key!r} "
-                f"(towers: {sorted(config.model.towers)})"
-            )
-    for key in config.data.get("fields") or {}:
-        if key not in config.model.towers:
-            raise ValueError(
-                f"config.data.fields.{key}: no tower for modality {key!r} "
-                f"(towers: {sorted(config.model.towers)})"
-            )
+    for subtree in ("pp", "fields"):
+        for key in config.data.get(subtree) or {}:
+            if key not in config.model.towers:
+                raise ValueError(
+                    f"config.data.{subtree}.{key}: no tower for modality {key!r} "
+                    f"(towers: {sorted(config.model.towers)})"
+                )
     for train in (True, False):
         make_processors(config, train=train, tokenizer=_NoTokenizer(config.data.max_text_len))
 
