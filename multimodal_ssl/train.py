@@ -127,12 +127,14 @@ def train(
                         },
                     )
                 preempted = stop.should_stop(step, metrics_step=logging_step)
-                if (
+                saving = (
                     _should_run(step, config.checkpoint.every_steps, config.total_steps)
                     or preempted
                     or (logging_step and _minutes_due(config, saved_at))
-                ):
+                )
+                if saving or logging_step:  # steps that sync anyway; once per step
                     check_health(state, config, last_saved)
+                if saving:
                     checkpointer.save(step, state, data_iter)
                     last_saved, saved_at = step, time.monotonic()
                 if preempted:
@@ -144,8 +146,6 @@ def train(
                         step,
                     )
                     break
-                if logging_step:
-                    check_health(state, config, last_saved)
                 results = _run_evals(step, state, config, evaluators, embedder)
                 if results:
                     writer.write(step, results)
