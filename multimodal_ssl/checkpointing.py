@@ -12,6 +12,11 @@ missing or cannot be read is moved to ``checkpoints/unusable/`` with a warning n
 and the previous one is tried (so retention never counts it, and no good checkpoint is
 deleted for it). A checkpoint that is intact but does not fit the config (another model
 size) is an error naming the first mismatching param and both shapes, not a fallback.
+
+A save that the file system refuses (disk full, quota, permissions) raises
+:class:`CheckpointWriteError` naming the step, the directory, the OS's reason and the newest
+complete checkpoint, which is left as it was (orbax deletes old steps only after a newer one
+is committed, and the half-written one stays in a temporary directory that restore ignores).
 """
 
 from __future__ import annotations
@@ -30,6 +35,19 @@ from absl import logging
 
 CHECKSUMS = "checksums.json"
 UNUSABLE = "unusable"
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written; the message says which and what is left."""
+
+
+def _os_error(error: BaseException) -> OSError | None:
+    """The OSError that caused ``error`` (orbax may wrap it), if any."""
+    while error is not None:
+        if isinstance(error, OSError):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def file_checksums(directory: str) -> dict[str, str]:
@@ -94,6 +112,8 @@ class Checkpointer:
             item_names=("state", "data"),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
         )
+        self._pending: int | None = None  # the step of a save not yet waited for
+        self._failed = False  # a save was refused: close() only releases resources
 
     def _step_dir(self, step: int) -> str:
         return os.path.join(self.root, str(step))
@@ -119,12 +139,38 @@ class Checkpointer:
         if step in self._manager.all_steps():
             return
         self.wait()
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=grain.checkpoint.CheckpointSave(data_iterator),
-            ),
+        self._pending = step
+        try:
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    data=grain.checkpoint.CheckpointSave(data_iterator),
+                ),
+            )
+        except Exception as e:  # noqa: BLE001 - re-raised, named when the OS refused
+            raise self._write_failed(e) from e
+
+    def _write_failed(self, error: Exception) -> Exception:
+        """``error`` of the pending save as a :class:`CheckpointWriteError` when the file
+        system refused it (else unchanged)."""
+        step, self._pending = self._pending, None
+        self._failed = True
+        os_error = _os_error(error)
+        if os_error is None:
+            return error
+        self._manager.reload()
+        complete = [s for s in self._manager.all_steps() if s != step]
+        left = (
+            f"the newest complete checkpoint, step {max(complete)}, is intact"
+            if complete
+            else "no complete checkpoint exists yet"
+        )
+        reason = os_error.strerror or str(os_error)
+        return CheckpointWriteError(
+            f"writing the checkpoint of step {step} to {self.root} failed ({reason}); {left}. "
+            "Free disk space (or fix the directory's permissions) and run the same command "
+            "to resume"
         )
 
     def _quarantine(self, step: int, problem: str) -> None:
@@ -189,13 +235,26 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Blocks until pending saves are committed (and checksummed)."""
-        self._manager.wait_until_finished()
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 - re-raised, named when the OS refused
+            raise self._write_failed(e) from e
+        self._pending = None
         self._write_checksums()
 
     def close(self) -> None:
-        """Blocks until pending saves are on disk."""
-        self.wait()
-        self._manager.close()
+        """Blocks until pending saves are on disk (after a refused save: only releases
+        orbax's threads, whose repeat of that error is not raised again)."""
+        try:
+            if not self._failed:
+                self.wait()
+        finally:
+            try:
+                self._manager.close()
+            except Exception as e:  # noqa: BLE001 - a refused save is reported already
+                if not self._failed:
+                    raise
+                logging.warning("Closing the checkpoint manager after a refused save: %s", e)
 
 
 def abstract_like(tree: Any) -> Any:

@@ -5,8 +5,9 @@
 
 Running the same command again resumes from the newest checkpoint in ``DIR``. SIGTERM or
 Ctrl-C finishes the current step, writes a checkpoint and exits 0. A config or input
-error (a ValueError naming the key, file or shape) and a diverged run print one line and
-exit 2 / 1; ``--verbose`` adds the traceback.
+error (a ValueError naming the key, file or shape) prints one line and exits 2; a diverged
+run, a checkpoint the disk refused and other OS errors (which name their file) print one
+line and exit 1. ``--verbose`` adds the traceback.
 
 On Linux the process re-executes itself once with glibc malloc tuned to keep freed
 memory (``GLIBC_TUNABLES``, which only takes effect at process start): XLA on CPU
@@ -106,6 +107,7 @@ def main(argv: list[str]) -> None:
     distributed.initialize_from_flags()  # before anything touches a JAX backend
     import jax  # imported here so the re-exec above happens before jax loads
 
+    from multimodal_ssl.checkpointing import CheckpointWriteError
     from multimodal_ssl.config import validate
     from multimodal_ssl.train import TrainingDiverged, train
 
@@ -119,7 +121,7 @@ def main(argv: list[str]) -> None:
                 json.dump(config.to_dict(), f, indent=2, sort_keys=True)
         logging.info("Config:\n%s", config)
         final = train(config, workdir)
-    except (ValueError, TrainingDiverged) as e:
+    except (ValueError, TrainingDiverged, CheckpointWriteError, OSError) as e:
         if _VERBOSE.value:
             raise
         print(f"error: {e}", file=sys.stderr)

@@ -12,7 +12,7 @@ could hold it; metrics of steps redone after a resume replace the lost ones.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import ml_collections
@@ -97,6 +97,7 @@ def train(
     clock = StepClock()
     last: dict[str, float] = {}
     last_saved, saved_at = start_step, time.monotonic()
+    closers = (profiler.close, progress.close, checkpointer.close, data_iter.close, writer.close)
     try:
         with StopRequest() as stop:
             for step in range(start_step + 1, config.total_steps + 1):
@@ -150,13 +151,23 @@ def train(
                 if results:
                     writer.write(step, results)
                     last.update(results)
-    finally:
-        profiler.close()
-        progress.close()
-        checkpointer.close()
-        data_iter.close()
-        writer.close()
+    except BaseException:
+        _close(closers, quietly=True)  # the error that stopped the run is the one to report
+        raise
+    _close(closers, quietly=False)
     return last
+
+
+def _close(closers: Sequence[Callable[[], None]], *, quietly: bool) -> None:
+    """Calls every closer; ``quietly``: their errors (e.g. a full disk refusing the last
+    flush, again) are logged instead of raised."""
+    for close in closers:
+        try:
+            close()
+        except Exception as e:  # noqa: BLE001 - logged; the run's own error is raised
+            if not quietly:
+                raise
+            logging.warning("While stopping: %s failed: %s", close.__qualname__, e)
 
 
 def _run_evals(step, state, config, evaluators, embedder) -> dict[str, float]:
