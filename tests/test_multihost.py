@@ -1,6 +1,7 @@
 """Two CPU processes joined by ``jax.distributed.initialize`` on localhost train like one
 process fed the same global batches, and checkpoint cooperatively."""
 
+import json
 import os
 import signal
 import socket
@@ -26,6 +27,8 @@ PROCESSES, STEPS = 2, 2
 
 WORKER = """
 import sys
+from absl import logging
+logging.set_verbosity("info")
 from multimodal_ssl import distributed
 distributed.initialize(sys.argv[1], {n}, int(sys.argv[2]))
 from multimodal_ssl.train import train
@@ -147,9 +150,10 @@ def test_two_processes_train_and_checkpoint_like_one(tmp_path):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-7)
 
 
-def test_sigterm_stops_both_processes_at_the_same_step(tmp_path):
+def test_sigterm_stops_both_processes_at_the_same_step_and_they_resume(tmp_path):
     """SIGTERM to one process: JAX's preemption sync point makes both stop after the same
-    step; they write one checkpoint of it together and exit 0."""
+    step; they write one checkpoint of it together and exit 0. Restarted, both resume from
+    that step, and metrics.jsonl holds each step once."""
     workdir = tmp_path / "run"
     procs = _start_processes(workdir, tmp_path, steps=100000)
     try:
@@ -166,6 +170,16 @@ def test_sigterm_stops_both_processes_at_the_same_step(tmp_path):
     for i in range(PROCESSES):
         log = (tmp_path / f"process_{i}.log").read_text()
         assert f"after step {saved[0]}; its checkpoint is written" in log, log[-2000:]
+
+    restart = tmp_path / "restart"
+    restart.mkdir()
+    _wait(_start_processes(workdir, restart, steps=saved[0] + 2), restart)
+    for i in range(PROCESSES):
+        log = (restart / f"process_{i}.log").read_text()
+        assert f"Restored checkpoint of step {saved[0]}" in log, log[-2000:]
+    with open(workdir / "metrics.jsonl") as f:
+        logged = [json.loads(line)["step"] for line in f if "train/loss" in line]
+    assert logged == list(range(1, saved[0] + 3)), logged
 
 
 def test_initialize_needs_all_three_or_auto(monkeypatch):
