@@ -141,6 +141,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict()
     c.train.nan_policy = "stop"
     c.train.max_consecutive_skips = 10
+    # A logged loss above spike_factor x the median of the last spike_window logged losses
+    # is warned about and counted (train/loss_spikes); 0: off.
+    c.train.spike_factor = 2.0
+    c.train.spike_window = 50
 
     # A jax.profiler trace of steps [start_step, start_step + num_steps) in <workdir>/profile.
     c.profile = ml_collections.ConfigDict()
@@ -355,6 +359,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _check_positive("checkpoint.every_minutes", config.checkpoint.every_minutes)
     _check_choice("train.nan_policy", config.train.nan_policy, NAN_POLICIES)
     _check_positive("train.max_consecutive_skips", config.train.max_consecutive_skips)
+    _check_positive("train.spike_window", config.train.spike_window)
+    if config.train.spike_factor != 0 and not config.train.spike_factor > 1:
+        raise ValueError(
+            f"config.train.spike_factor: must be > 1 (or 0: off), got "
+            f"{config.train.spike_factor!r}"
+        )
     if config.profile.start_step is not None:
         _check_positive("profile.start_step", config.profile.start_step)
     _check_positive("profile.num_steps", config.profile.num_steps)

@@ -1,10 +1,12 @@
 """What a researcher wants to see of a run besides the loss: the train step's compile
-time and per-device memory (logged once), examples/s and the mean step time per metrics
-window, and a ``jax.profiler`` trace of chosen steps (``config.profile``) for
-TensorBoard's profile plugin."""
+time and per-device memory (logged once), examples/s, the mean step time per metrics
+window and its percentiles, loss spikes against a running median, and a
+``jax.profiler`` trace of chosen steps (``config.profile``) for TensorBoard's profile
+plugin."""
 
 from __future__ import annotations
 
+import collections
 import os
 import time
 from collections.abc import Callable
@@ -12,6 +14,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 
 MIB = 2**20
@@ -40,9 +43,14 @@ def compile_step(step_fn: Any, state: Any, batch: Any) -> tuple[Callable, dict[s
 class StepClock:
     """Examples/s over a metrics window: steps counted since the last reset, divided by
     the wall time up to the window's end, read right after the metrics fetch (which waits
-    for the device), so asynchronous dispatch running ahead is not counted as speed."""
+    for the device), so asynchronous dispatch running ahead is not counted as speed.
 
-    def __init__(self):
+    Percentiles (``train/step_time_ms_p50`` / ``_p90``) are over the mean step times of the
+    last ``history`` windows: per-step times when ``log_every_steps`` is 1, else per
+    window (timing single steps would need a host sync every step)."""
+
+    def __init__(self, history: int = 100):
+        self._windows: collections.deque[float] = collections.deque(maxlen=history)
         self.reset()
 
     def reset(self) -> None:
@@ -58,10 +66,47 @@ class StepClock:
         if not self._steps:
             return {}
         elapsed = time.perf_counter() - self._start
+        step_ms = elapsed / self._steps * 1e3
+        self._windows.append(step_ms)
+        p50, p90 = np.percentile(self._windows, [50, 90])
         return {
             "train/examples_per_sec": self._steps * batch_size / elapsed,
-            "train/step_time_ms": elapsed / self._steps * 1e3,
+            "train/step_time_ms": step_ms,
+            "train/step_time_ms_p50": float(p50),
+            "train/step_time_ms_p90": float(p90),
         }
+
+
+class LossSpikes:
+    """Warns when a logged loss exceeds ``factor`` x the median of the previous
+    ``window`` logged losses (after ``min_history`` of them); counts the spikes in
+    ``train/loss_spikes``. Host-side, on values fetched for logging anyway."""
+
+    def __init__(self, factor: float, window: int, min_history: int = 10):
+        self.factor, self.min_history = factor, min_history
+        self._history: collections.deque[float] = collections.deque(maxlen=window)
+        self.count = 0
+
+    def check(self, step: int, loss: float) -> dict[str, float]:
+        """Records ``loss`` of ``step`` -> ``{"train/loss_spikes": count so far}``."""
+        if not self.factor:  # 0: off
+            return {}
+        if len(self._history) >= self.min_history and np.isfinite(loss):
+            median = float(np.median(self._history))
+            if median > 0 and loss > self.factor * median:
+                self.count += 1
+                logging.warning(
+                    "Loss spike at step %d: %.4g is %.1fx the median %.4g of the last %d "
+                    "logged losses",
+                    step,
+                    loss,
+                    loss / median,
+                    median,
+                    len(self._history),
+                )
+        if np.isfinite(loss):
+            self._history.append(loss)
+        return {"train/loss_spikes": float(self.count)}
 
 
 class Profiler:

@@ -22,7 +22,7 @@ from absl import logging
 from multimodal_ssl.builder import Experiment
 from multimodal_ssl.checkpointing import Checkpointer, abstract_like
 from multimodal_ssl.metrics import MetricWriter, Progress
-from multimodal_ssl.observe import Profiler, StepClock, compile_step
+from multimodal_ssl.observe import LossSpikes, Profiler, StepClock, compile_step
 from multimodal_ssl.preemption import StopRequest
 from multimodal_ssl.sharding import to_global
 from multimodal_ssl.train_state import NONFINITE, TrainState
@@ -95,6 +95,7 @@ def train(
     progress = Progress(config.total_steps, start_step)
     profiler = Profiler(config.profile, workdir)
     clock = StepClock()
+    spikes = LossSpikes(config.train.spike_factor, config.train.spike_window)
     last: dict[str, float] = {}
     last_saved, saved_at = start_step, time.monotonic()
     closers = (profiler.close, progress.close, checkpointer.close, data_iter.close, writer.close)
@@ -116,6 +117,7 @@ def train(
                 if logging_step:
                     last = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     last.update(clock.metrics(config.batch_size), **startup)
+                    last.update(spikes.check(step, last["train/loss"]))
                     last["data/skipped"] = float(data_iter.skipped_all_processes())
                     startup = {}  # logged once
                     clock.reset()

@@ -19,6 +19,7 @@ import pytest
 from multimodal_ssl.builder import Experiment
 from multimodal_ssl.checkpointing import verify
 from multimodal_ssl.metrics import read_metrics
+from multimodal_ssl.observe import LossSpikes
 from multimodal_ssl.preemption import StopRequest
 from multimodal_ssl.sharding import to_global
 from multimodal_ssl.train import TrainingDiverged, train
@@ -267,8 +268,22 @@ def test_compile_time_memory_step_times_and_a_profile_are_recorded(tmp_path):
     assert metrics[1]["compile/seconds"] > 0 and metrics[1]["memory/temp_mib"] > 0
     assert "compile/seconds" not in metrics[2]  # once
     assert metrics[3]["train/step_time_ms"] > 0 and metrics[3]["train/examples_per_sec"] > 0
+    times = [metrics[s]["train/step_time_ms"] for s in (2, 3, 4, 5)]  # 1-step windows
+    np.testing.assert_allclose(metrics[5]["train/step_time_ms_p50"], np.median(times))
+    np.testing.assert_allclose(metrics[5]["train/step_time_ms_p90"], np.percentile(times, 90))
+    assert metrics[5]["train/loss_spikes"] == 0
     traces = list((tmp_path / "profile").rglob("*.xplane.pb"))
     assert len(traces) == 1 and traces[0].stat().st_size > 0
+
+
+def test_loss_spikes_against_the_running_median_are_warned_and_counted(caplog):
+    spikes = LossSpikes(2.0, window=5, min_history=3)
+    losses = [4.0, 3.0, 3.5, 3.0, 7.5, float("nan"), 3.0, 2.9, 100.0]
+    counts = [spikes.check(i + 1, x)["train/loss_spikes"] for i, x in enumerate(losses)]
+    assert counts == [0, 0, 0, 0, 1, 1, 1, 1, 2]  # the NaN is neither a spike nor history
+    assert "Loss spike at step 5: 7.5 is 2.3x the median 3.25 of the last 4 logged" in caplog.text
+    assert "Loss spike at step 9: 100 is 33.3x the median 3 of the last 5 logged" in caplog.text
+    assert LossSpikes(0.0, window=5).check(1, 1e9) == {}  # off
 
 
 def test_bad_workdirs_are_named(tmp_path):

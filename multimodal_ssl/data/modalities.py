@@ -303,6 +303,12 @@ def check_pp_config(config: Any) -> None:
                     f"config.data.{subtree}.{key}: no tower for modality {key!r} "
                     f"(towers: {sorted(config.model.towers)})"
                 )
+            tower_type = config.model.towers[key]["type"]
+            if subtree == "pp" and modality_kind(key, tower_type) == "image":
+                raise ValueError(
+                    f"config.data.pp.{key}: image towers are pre-processed by "
+                    "config.data.pp_train and config.data.pp_eval; set those instead"
+                )
     for train in (True, False):
         make_processors(config, train=train, tokenizer=_NoTokenizer(config.data.max_text_len))
 

@@ -17,6 +17,7 @@ the towers' subtrees.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -135,7 +136,10 @@ class MultiTower(nn.Module):
     ) -> dict[str, jax.Array]:
         out = {}
         for modality, x in inputs.items():
-            z = self.tower(modality)(x, train=train)
+            try:
+                z = self.tower(modality)(x, train=train)
+            except ValueError as e:  # "ViT.pool: ..." -> "config.model.towers.image.pool: ..."
+                raise ValueError(_config_error(modality, str(e))) from e
             if z.shape[-1] != self.embed_dim:
                 raise ValueError(
                     f"config.model.towers.{modality}: tower output has dim {z.shape[-1]} but "
@@ -143,6 +147,16 @@ class MultiTower(nn.Module):
                 )
             out[modality] = l2_normalize(z)
         return out
+
+
+def _config_error(modality: str, message: str) -> str:
+    """A tower's ``"<Module>.<key>: what"`` error as ``config.model.towers.<m>.<key>``."""
+    if message.startswith("config."):
+        return message
+    match = re.match(r"[A-Z]\w*\.(\w+): (.*)", message, re.S)
+    if match:
+        return f"config.model.towers.{modality}.{match[1]}: {match[2]}"
+    return f"config.model.towers.{modality}: {message}"
 
 
 def tower_configs(config: ml_collections.ConfigDict, vocab_size: int) -> dict[str, dict]:
