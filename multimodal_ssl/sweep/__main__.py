@@ -68,6 +68,7 @@ def main(argv: list[str]) -> None:
         runs = plan(_CONFIG.value, workdir, _OVERRIDES)
         launch = not (_DRY_RUN.value or _SUMMARY_ONLY.value)
         slots = devices.slots(_PARALLEL.value) if launch else []
+        plots = [plot.parse_spec(spec, [r.overrides for r in runs]) for spec in _PLOT.value]
     except ValueError as e:
         if _VERBOSE.value:
             raise
@@ -85,12 +86,11 @@ def main(argv: list[str]) -> None:
     rows = [summary.collect(r) for r in runs]
     for path in summary.write(rows, workdir):
         print(f"wrote {path}")
-    for spec in _PLOT.value:
+    for x_key, metric in plots:
         try:
-            x_key, metric = plot.parse_spec(spec, rows)
+            print(f"wrote {plot.plot(rows, x_key, metric, workdir)}")
         except ValueError as e:
             _fail(str(e), 2)
-        print(f"wrote {plot.plot(rows, x_key, metric, workdir)}")
     failed = [n for n, o in outcomes.items() if o != "finished"]
     if failed and stopped_by is None:
         _fail(f"{len(failed)} of {len(runs)} runs did not finish: " + "; ".join(
