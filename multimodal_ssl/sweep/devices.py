@@ -11,8 +11,9 @@ with; runs never share a device:
   from it); N > cores shares all cores. Emulated devices
   (``--xla_force_host_platform_device_count=K`` in ``XLA_FLAGS``) are split too: K // N
   per slot (at least 1).
-- TPU hosts (``/dev/accel*``): one process owns every chip, so N > 1 is an error; run
-  the ``--dry_run`` commands through a scheduler instead.
+- TPU hosts (``/dev/accel0``, ...; hosts exposing TPUs through VFIO only are not
+  detected): one process owns every chip, so N > 1 is an error; run the ``--dry_run``
+  commands through a scheduler instead.
 
 ``--parallel=1`` leaves the environment as it is.
 """
@@ -88,7 +89,7 @@ def slots(
         raise ValueError(f"--parallel={parallel}: must be >= 1")
     if parallel == 1:
         return [Slot(env)]
-    tpu = bool(glob.glob("/dev/accel*")) if tpu is None else tpu
+    tpu = bool(glob.glob("/dev/accel[0-9]*")) if tpu is None else tpu
     if tpu and not env.get("JAX_PLATFORMS", "").startswith("cpu"):
         raise ValueError(
             f"--parallel={parallel}: on a TPU host one process owns every chip; use "
