@@ -122,8 +122,12 @@ class _Signals:
                 proc.send_signal(signal.SIGTERM)
 
 
+def _print(line: str) -> None:
+    print(line, flush=True)  # visible at once through pipes and logs, and before a kill
+
+
 def run_all(
-    runs: Sequence[Run], slots: Sequence[Slot], log: Callable[[str], None] = print
+    runs: Sequence[Run], slots: Sequence[Slot], log: Callable[[str], None] = _print
 ) -> tuple[dict[str, str], str | None]:
     """Runs the unfinished ``runs``, ``len(slots)`` at a time, one per free slot, in
     order. -> (``{name: outcome}``, the name of the signal that stopped the sweep or
