@@ -51,7 +51,7 @@ class Run:
 
 def load_hyper(spec: str) -> Sweep:
     """The sweep of ``--config=spec`` (``path[:arg]``): its ``get_hyper(h)``, or
-    ``get_hyper(h, arg)`` when it takes a second argument and ``:arg`` is given."""
+    ``get_hyper(h, arg)`` (``arg`` None without ``:arg``) when it takes a second argument."""
     path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
         raise ValueError(f"--config={spec}: no file {path}")
@@ -63,7 +63,7 @@ def load_hyper(spec: str) -> Sweep:
     if get_hyper is None:
         raise ValueError(f"{path} defines no get_hyper(h); see README 'Sweeps'")
     takes_arg = len(inspect.signature(get_hyper).parameters) > 1
-    result = get_hyper(HYPER, arg) if takes_arg and arg else get_hyper(HYPER)
+    result = get_hyper(HYPER, arg or None) if takes_arg else get_hyper(HYPER)
     if not isinstance(result, Sweep) or not len(result):
         raise ValueError(f"{path}: get_hyper must return a non-empty sweep, got {result!r}")
     return result
