@@ -67,3 +67,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     elif arg:
         raise ValueError(f"configs/siglip.py: unknown variant {arg!r}; known: 'tiny', 'probes'")
     return config
+
+
+def get_hyper(h, arg: str | None = None):
+    """A sweep of this recipe (README "Sweeps"): the learning rate around the recipe's 2e-3
+    (experiments/shape_learning.md) x 2 seeds; 1 seed for ``:tiny`` (3 runs, ~1 CPU minute).
+
+        python -m multimodal_ssl.sweep --config=configs/siglip.py:tiny --workdir=/tmp/sweep
+    """
+    seeds = [0] if arg == "tiny" else [0, 1]
+    return h.product(
+        [h.sweep("config.optim.lr", [1e-3, 2e-3, 4e-3]), h.sweep("config.seed", seeds)]
+    )

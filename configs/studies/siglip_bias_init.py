@@ -1,0 +1,33 @@
+"""Study: the sigmoid loss's initial bias ``b`` and log-temperature ``t`` (SigLIP's
+``b = -10, t = log 10``; the paper reports that without the strongly negative bias the
+many negatives dominate the first steps).
+
+    python -m multimodal_ssl.sweep --config=configs/studies/siglip_bias_init.py \
+        --workdir=/tmp/bias_init --dry_run
+    python -m multimodal_ssl.sweep --config=configs/studies/siglip_bias_init.py \
+        --workdir=/tmp/bias_init --plot=b_init:eval/zeroshot/zeroshot_top1
+
+18 runs: ``loss.b_init`` {0, -5, -10} x ``loss.t_init`` {log 1, log 10} x seeds {0, 1, 2},
+everything else as in configs/siglip.py (400 steps of batch 128). Runs are named
+``b_init=<b>,t_init=<t>,seed=<s>`` (``t_init=0`` is log 1, ``2.303`` is log 10).
+``:ARG`` is passed to configs/siglip.py (``:tiny`` gives a seconds-long version per run).
+"""
+
+import math
+import os
+
+import ml_collections
+
+from multimodal_ssl.recipes import load_recipe
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    return load_recipe(os.path.join(os.path.dirname(__file__), "..", "siglip.py"), arg)
+
+
+def get_hyper(h):
+    return h.product([
+        h.sweep("config.loss.b_init", [0.0, -5.0, -10.0]),
+        h.sweep("config.loss.t_init", [math.log(1.0), math.log(10.0)]),
+        h.sweep("config.seed", [0, 1, 2]),
+    ])
