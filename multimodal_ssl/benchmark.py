@@ -211,7 +211,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> dict[str, flags
     return holders
 
 
-def main(holders: dict[str, flags.FlagHolder], argv: list[str]) -> None:
+def main(
+    holders: dict[str, flags.FlagHolder],
+    argv: list[str],
+    devices: Sequence[jax.Device] | None = None,
+) -> None:
+    """The CLI (see the module docstring) on ``devices`` (default: all)."""
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     value = {k: h.value for k, h in holders.items()}
@@ -235,10 +240,12 @@ def main(holders: dict[str, flags.FlagHolder], argv: list[str]) -> None:
     if value["pretrained"] is not None:
         if results is None:
             raise app.UsageError("--results is required with --pretrained")
-        encoder = load_pretrained_fitted(config, value["pretrained"])
+        encoder = load_pretrained_fitted(config, value["pretrained"], devices)
         model = value["model_name"] or os.path.abspath(value["pretrained"])
     else:
-        encoder = evaluate.load_checkpoint(config, value["checkpoint"], step=value["step"])
+        encoder = evaluate.load_checkpoint(
+            config, value["checkpoint"], step=value["step"], devices=devices
+        )
         results = results or os.path.join(
             os.path.dirname(evaluate.default_output(value["checkpoint"])), "benchmarks.jsonl"
         )
