@@ -33,3 +33,9 @@ class FieldRequest:
     name: str | None
     binary: bool
     sequence: bool = False
+
+    def __repr__(self) -> str:
+        # ``sequence`` only when set: a source's repr (with its requests) is recorded in
+        # the training iterator state and must not change for existing runs.
+        more = ", sequence=True" if self.sequence else ""
+        return f"FieldRequest(key={self.key!r}, name={self.name!r}, binary={self.binary}{more})"
