@@ -176,7 +176,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         if "error" in row:
-            message = row["error"].splitlines()[0][:120].replace("|", "/")
+            message = row["error"].splitlines()[0].split(";")[0][:120].replace("|", "/")
             cells = [f"not run: {message}"] + [""] * (len(COLUMNS) - 1)
         else:
             metrics = row["metrics"]
