@@ -28,6 +28,7 @@ feature.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -111,6 +112,7 @@ class TfdsSource:
         import tensorflow_datasets as tfds  # local: heavy import, only for tfds: specs
 
         self.name, self.split = name, split
+        data_dir = os.path.expanduser(data_dir) if data_dir else data_dir  # "~/..." from flags
         try:
             builder = _builder(tfds, name, data_dir)
         except tfds.core.registered.DatasetNotFoundError:
