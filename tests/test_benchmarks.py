@@ -17,6 +17,7 @@ from absl import flags
 from PIL import Image
 
 from multimodal_ssl import benchmark
+from multimodal_ssl.data import karpathy_tfds
 from multimodal_ssl.data.modalities import ImageProcessor, TextProcessor
 from multimodal_ssl.evals import benchmarks, get_evaluator
 from multimodal_ssl.evals.retrieval import retrieval_metrics
@@ -280,12 +281,38 @@ def test_multi_caption_metrics_equal_brute_force_with_ties():
     assert retrieval_metrics(img, txt, owner) == brute_force_retrieval(img, txt, owner)
 
 
-def test_coco_retrieval_reads_every_caption(tmp_path):
-    """``tfds:coco_captions/2014:test`` selects the coco benchmark: every caption of
-    ``captions/text`` is a query and candidate; metrics equal the brute-force reference
-    on the same embeddings (with ties)."""
+def write_flickr30k(data_dir, num_captions):
+    """``flickr30k`` prepared by ``multimodal_ssl.data.karpathy_tfds`` from a Karpathy JSON:
+    test image i (a PNG file filled with i) has captions ``f"cap {i} {k}"``; one train
+    image besides."""
+    images = data_dir / "images"
+    images.mkdir(parents=True)
+    entries = []
+    for i, n in enumerate([*num_captions, 2]):
+        (images / f"{i}.png").write_bytes(png(i, (4, 4)).getvalue())
+        split = "test" if i < len(num_captions) else "train"
+        sentences = [{"raw": f"cap {i} {k}", "tokens": []} for k in range(n)]
+        entries.append({"filename": f"{i}.png", "split": split, "sentences": sentences})
+    path = data_dir / "dataset_flickr30k.json"
+    path.write_text(json.dumps({"images": entries, "dataset": "flickr30k"}))
+    fv = flags.FlagValues()
+    holders = karpathy_tfds.define_flags(fv)
+    fv(["karpathy_tfds", "--name=flickr30k", f"--karpathy_json={path}",
+        f"--images={images}", f"--tfds_dir={data_dir}"])
+    karpathy_tfds.main(holders, ["karpathy_tfds"])
+
+
+@pytest.mark.parametrize(
+    "name, data, write",
+    [("coco", "tfds:coco_captions/2014:test", write_coco),
+     ("flickr30k", "tfds:flickr30k:test", write_flickr30k)],
+)
+def test_multi_caption_retrieval_reads_every_caption(name, data, write, tmp_path):
+    """The TFDS name selects the benchmark: every caption of ``captions/text`` is a query
+    and a candidate; metrics equal the brute-force reference on the same embeddings
+    (with ties)."""
     num_captions = [5, 1, 3, 5, 2, 4, 5]
-    write_coco(tmp_path, num_captions)
+    write(tmp_path, num_captions)
     rng = np.random.default_rng(2)
     img_table = rng.integers(-1, 2, (7, 3)).astype(np.float32)
     txt_table = rng.integers(-1, 2, (7, 5, 3)).astype(np.float32)
@@ -296,14 +323,26 @@ def test_coco_retrieval_reads_every_caption(tmp_path):
     def embed_text(t):  # zero rows: padding of the last batch
         return np.where((t[:, :1] > 0), txt_table[t[:, 0] - 1, t[:, 1] - 1], 0)
 
-    ev = make_evaluator("coco", {"type": "retrieval", "data": "tfds:coco_captions/2014:test"},
-                        tok, tmp_path)
-    assert ev.multi_caption and ev.benchmark.name == "coco"
+    ev = make_evaluator(name, {"type": "retrieval", "data": data}, tok, tmp_path)
+    assert ev.multi_caption and ev.benchmark.name == name
     got = ev.run({"image": lambda x: img_table[pixel(x)], "text": embed_text})
     owner = np.repeat(np.arange(7), num_captions)
     texts = np.concatenate([txt_table[i, :n] for i, n in enumerate(num_captions)])
     want = brute_force_retrieval(img_table, texts, owner)
-    assert got == {f"eval/coco/{k}": v for k, v in want.items()}
+    assert got == {f"eval/{name}/{k}": v for k, v in want.items()}
+
+
+def test_karpathy_json_errors_name_the_entry(tmp_path):
+    path = tmp_path / "k.json"
+    path.write_text(json.dumps({"images": [{"filename": "a.jpg", "split": "test"}]}))
+    with pytest.raises(ValueError, match=r"k.json: images\[0\] lacks 'sentences'"):
+        karpathy_tfds.read_karpathy(str(path), str(tmp_path))
+    path.write_text(json.dumps({"images": [
+        {"filename": "a.jpg", "split": "test", "sentences": [{"raw": "x"}]}]}))
+    with pytest.raises(ValueError, match=r"images\[0\]: no image file .*a.jpg"):
+        karpathy_tfds.read_karpathy(str(path), str(tmp_path))
+    with pytest.raises(ValueError, match=r"--name=coco_captions: a TFDS catalogue dataset"):
+        karpathy_tfds.prepare("coco_captions", str(path), str(tmp_path), str(tmp_path))
 
 
 # ------------------------------------------------------------------------------- CLI

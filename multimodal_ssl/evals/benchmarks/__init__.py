@@ -5,7 +5,7 @@ evaluator needs beyond the data: the class names and prompt templates of the pap
 (kept in ``classnames.json`` / ``templates.json`` next to this file, each entry with
 the repository, commit and path it was copied from; regenerate with
 ``experiments/benchmark_prompts/extract.py``), the 200-class label subset of ImageNet-A
-and -R, and the caption-list feature of COCO.
+and -R, and the caption-list feature of COCO and Flickr30k.
 
 An ``evals.<name>`` entry of type ``zeroshot`` / ``retrieval`` finds its benchmark by
 ``evals.<name>.benchmark`` or, when that is None, by the TFDS dataset its ``data``
@@ -108,6 +108,11 @@ BENCHMARKS: dict[str, Benchmark] = {
             "coco_captions",
             captions="captions/text",
         ),
+        # Not in the TFDS catalogue: prepared by multimodal_ssl.data.karpathy_tfds from the
+        # Karpathy split (test: 1000 images, 5 captions each).
+        Benchmark(
+            "flickr30k", "retrieval", "tfds:flickr30k:test", "flickr30k", captions="captions/text"
+        ),
     )
 }
 
@@ -124,7 +129,7 @@ SUITES: dict[str, tuple[str, ...]] = {
         "food101",
         "pets",
     ),
-    "retrieval": ("coco",),
+    "retrieval": ("coco", "flickr30k"),
 }
 SUITES["standard"] = SUITES["zeroshot"] + SUITES["retrieval"]
 
