@@ -21,6 +21,7 @@ from multimodal_ssl.data import karpathy_tfds
 from multimodal_ssl.data.modalities import ImageProcessor, TextProcessor
 from multimodal_ssl.evals import benchmarks, get_evaluator
 from multimodal_ssl.evals.retrieval import retrieval_metrics
+from multimodal_ssl.evals.zeroshot import subset_labels
 from multimodal_ssl.recipes import benchmark_evals
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -102,8 +103,11 @@ class LookupTokenizer:
 def prompt_tokenizer(classnames, templates):
     """Prompt -> [class + 1, template + 1]."""
     return LookupTokenizer(
-        {t.replace("{}", c): (ci + 1, ti + 1) for ci, c in enumerate(classnames)
-         for ti, t in enumerate(templates)}
+        {
+            t.replace("{}", c): (ci + 1, ti + 1)
+            for ci, c in enumerate(classnames)
+            for ti, t in enumerate(templates)
+        }
     )
 
 
@@ -174,9 +178,13 @@ def test_class_names_follow_the_tfds_label_order(name, tmp_path):
 
 @pytest.mark.parametrize(
     "text, keep, want",
-    [("test_test", None, "test test"), (" test  {}...", "{}", "test {}"),
-     ("test {}  {}  {}", "{}", "test {} {} {}"), ("test {}", None, "test"),
-     ("Egyptian Mau, cat", ",", "egyptian mau, cat")],
+    [
+        ("test_test", None, "test test"),
+        (" test  {}...", "{}", "test {}"),
+        ("test {}  {}  {}", "{}", "test {} {} {}"),
+        ("test {}", None, "test"),
+        ("Egyptian Mau, cat", ",", "egyptian mau, cat"),
+    ],
 )
 def test_canonicalize_matches_big_vision(text, keep, want):  # big_vision's own test cases
     assert benchmarks.canonicalize(text, keep=keep) == want
@@ -186,9 +194,11 @@ def test_suite_config_and_lookup_errors():
     evals = benchmark_evals("imagenet", prompts="siglip", max_examples=8)
     assert sorted(evals) == sorted(benchmarks.SUITES["imagenet"])
     assert evals.imagenet_a.data == "tfds:imagenet_a:test" and evals.imagenet.prompts == "siglip"
-    assert [b.name for b in benchmarks.suite("standard")][-1] == "coco"
-    assert benchmarks.find(None, "tfds:imagenet_v2/matched-frequency:3.0.0:test", "zeroshot",
-                           "k").name == "imagenet_v2"
+    assert [b.name for b in benchmarks.suite("standard")][-2:] == ["coco", "flickr30k"]
+    assert (
+        benchmarks.find(None, "tfds:imagenet_v2/matched-frequency:3.0.0:test", "zeroshot", "k").name
+        == "imagenet_v2"
+    )
     assert benchmarks.find(None, "tfds:coco_captions/2014:test", "zeroshot", "k") is None
     assert benchmarks.find("none", "tfds:cifar10:test", "zeroshot", "k") is None
     with pytest.raises(ValueError, match=r"evals.x.benchmark: 'coco' is a retrieval benchmark"):
@@ -247,6 +257,8 @@ def test_zeroshot_imagenet_a_classifies_among_its_200_classes(tmp_path):
     eye = np.eye(200, dtype=np.float32)
     got = ev.run({"image": lambda x: eye[pixel(x)], "text": lambda t: eye[t[:, 0] - 1]})
     assert got["eval/a/zeroshot_top1"] == pytest.approx(4 / 6)
+    with pytest.raises(ValueError, match=r"k: label 1 is not among the benchmark's 200 classes"):
+        subset_labels(np.array([6, 1]), subset, "k")  # 1 (goldfish) is not in ImageNet-A
 
 
 # ------------------------------------------------------------------------ retrieval
@@ -256,8 +268,10 @@ def brute_force_retrieval(img, txt, owner, ks=(1, 5, 10)):
     """Loops: text->image per caption; image->text by the best of its captions; ties count
     against the query."""
     scores = txt @ img.T  # [M, N]
-    t2i = [1 + sum(scores[m, j] >= scores[m, owner[m]] for j in range(len(img)) if j != owner[m])
-           for m in range(len(txt))]
+    t2i = [
+        1 + sum(scores[m, j] >= scores[m, owner[m]] for j in range(len(img)) if j != owner[m])
+        for m in range(len(txt))
+    ]
     i2t = []
     for n in range(len(img)):
         mine = [m for m in range(len(txt)) if owner[m] == n]
@@ -297,15 +311,24 @@ def write_flickr30k(data_dir, num_captions):
     path.write_text(json.dumps({"images": entries, "dataset": "flickr30k"}))
     fv = flags.FlagValues()
     holders = karpathy_tfds.define_flags(fv)
-    fv(["karpathy_tfds", "--name=flickr30k", f"--karpathy_json={path}",
-        f"--images={images}", f"--tfds_dir={data_dir}"])
+    fv(
+        [
+            "karpathy_tfds",
+            "--name=flickr30k",
+            f"--karpathy_json={path}",
+            f"--images={images}",
+            f"--tfds_dir={data_dir}",
+        ]
+    )
     karpathy_tfds.main(holders, ["karpathy_tfds"])
 
 
 @pytest.mark.parametrize(
     "name, data, write",
-    [("coco", "tfds:coco_captions/2014:test", write_coco),
-     ("flickr30k", "tfds:flickr30k:test", write_flickr30k)],
+    [
+        ("coco", "tfds:coco_captions/2014:test", write_coco),
+        ("flickr30k", "tfds:flickr30k:test", write_flickr30k),
+    ],
 )
 def test_multi_caption_retrieval_reads_every_caption(name, data, write, tmp_path):
     """The TFDS name selects the benchmark: every caption of ``captions/text`` is a query
@@ -337,8 +360,11 @@ def test_karpathy_json_errors_name_the_entry(tmp_path):
     path.write_text(json.dumps({"images": [{"filename": "a.jpg", "split": "test"}]}))
     with pytest.raises(ValueError, match=r"k.json: images\[0\] lacks 'sentences'"):
         karpathy_tfds.read_karpathy(str(path), str(tmp_path))
-    path.write_text(json.dumps({"images": [
-        {"filename": "a.jpg", "split": "test", "sentences": [{"raw": "x"}]}]}))
+    path.write_text(
+        json.dumps(
+            {"images": [{"filename": "a.jpg", "split": "test", "sentences": [{"raw": "x"}]}]}
+        )
+    )
     with pytest.raises(ValueError, match=r"images\[0\]: no image file .*a.jpg"):
         karpathy_tfds.read_karpathy(str(path), str(tmp_path))
     with pytest.raises(ValueError, match=r"--name=coco_captions: a TFDS catalogue dataset"):
@@ -367,8 +393,17 @@ def test_benchmark_cli_on_a_random_transformers_siglip(tmp_path, capsys):
     def run(*extra):
         fv = flags.FlagValues()
         holders = benchmark.define_flags(fv)
-        fv(["benchmark", f"--pretrained={model_dir}", "--suite=cifar10,coco,pets",
-            f"--results={results}", f"--tfds_dir={data}", "--batch_size=4", *extra])
+        fv(
+            [
+                "benchmark",
+                f"--pretrained={model_dir}",
+                "--suite=cifar10,coco,pets",
+                f"--results={results}",
+                f"--tfds_dir={data}",
+                "--batch_size=4",
+                *extra,
+            ]
+        )
         benchmark.main(holders, ["benchmark"], devices=jax.devices()[:1])  # compiles faster
         return capsys.readouterr().out
 
