@@ -259,6 +259,11 @@ def test_zeroshot_imagenet_a_classifies_among_its_200_classes(tmp_path):
     assert got["eval/a/zeroshot_top1"] == pytest.approx(4 / 6)
     with pytest.raises(ValueError, match=r"k: label 1 is not among the benchmark's 200 classes"):
         subset_labels(np.array([6, 1]), subset, "k")  # 1 (goldfish) is not in ImageNet-A
+    with pytest.raises(ValueError, match=r"k: label -1 is not among"):
+        subset_labels(np.array([-1]), subset, "k")
+    np.testing.assert_array_equal(
+        subset_labels(np.array(subset[::-1]), subset, "k"), range(199, -1, -1)
+    )
 
 
 # ------------------------------------------------------------------------ retrieval
@@ -352,6 +357,12 @@ def test_multi_caption_retrieval_reads_every_caption(name, data, write, tmp_path
     owner = np.repeat(np.arange(7), num_captions)
     texts = np.concatenate([txt_table[i, :n] for i, n in enumerate(num_captions)])
     want = brute_force_retrieval(img_table, texts, owner)
+    assert got == {f"eval/{name}/{k}": v for k, v in want.items()}
+    # multi_caption=False: the first caption of each image, one text per image.
+    cfg = {"type": "retrieval", "data": data, "multi_caption": False}
+    ev = make_evaluator(name, cfg, tok, tmp_path)
+    got = ev.run({"image": lambda x: img_table[pixel(x)], "text": embed_text})
+    want = brute_force_retrieval(img_table, txt_table[:, 0], np.arange(7))
     assert got == {f"eval/{name}/{k}": v for k, v in want.items()}
 
 

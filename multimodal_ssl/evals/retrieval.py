@@ -180,7 +180,8 @@ class RetrievalEvaluator(common.PairEvaluator):
     def check_config(cls, name: str, cfg: dict[str, Any]) -> None:
         super().check_config(name, cfg)
         bench = benchmarks.find(cfg["benchmark"], cfg["data"], cls.TYPE, f"evals.{name}.benchmark")
-        if cfg["same_if"] and (cfg["multi_caption"] or (cfg["multi_caption"] is None and bench)):
+        multi = cfg["multi_caption"]
+        if cfg["same_if"] and (multi or (multi is None and bench and bench.captions)):
             raise ValueError(f"evals.{name}.same_if: not with a multi-caption benchmark")
 
     def __init__(self, name: str, cfg: Mapping[str, Any], *, processors, **kwargs):

@@ -97,14 +97,17 @@ def subset_labels(labels: np.ndarray, subset: Sequence[int], key: str) -> np.nda
     position = np.full(max(subset) + 1, -1, np.int64)
     position[np.asarray(subset)] = np.arange(len(subset))
     labels = np.asarray(labels)
-    out = np.where(labels < len(position), position[np.minimum(labels, len(position) - 1)], -1)
+    inside = (labels >= 0) & (labels < len(position))
+    out = np.where(inside, position[np.clip(labels, 0, len(position) - 1)], -1)
     if np.any(out < 0):
         bad = int(labels[np.flatnonzero(out < 0)[0]])
         raise ValueError(f"{key}: label {bad} is not among the benchmark's {len(subset)} classes")
     return out
 
 
-def _read_classnames(name: str, value: Any, source, bench=None, prompts: str = "clip"):
+def _read_classnames(
+    name: str, value: Any, source, bench: benchmarks.Benchmark | None = None, prompts: str = "clip"
+) -> list[str]:
     key = f"evals.{name}.classnames"
     if value is None and bench is not None:
         return bench.classnames(prompts, getattr(source, "classnames", None))
