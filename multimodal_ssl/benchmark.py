@@ -255,6 +255,7 @@ def main(
         names = [b.name for b in benchmarks.suite(value["suite"])]
     rows = run_benchmarks(config, encoder, results, model=model, names=names)
     if jax.process_index() == 0:
+        print(f"{model} (step {encoder.step}):\n")
         print(markdown_table(rows))
         logging.info("Results in %s", results)
     if any("error" in r for r in rows) and not value["skip_missing"]:
