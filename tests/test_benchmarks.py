@@ -17,6 +17,8 @@ from absl import flags
 from PIL import Image
 
 from multimodal_ssl import benchmark
+from multimodal_ssl import config as config_lib
+from multimodal_ssl.config import base_config
 from multimodal_ssl.data import karpathy_tfds
 from multimodal_ssl.data.modalities import ImageProcessor, TextProcessor
 from multimodal_ssl.evals import benchmarks, get_evaluator
@@ -191,6 +193,9 @@ def test_canonicalize_matches_big_vision(text, keep, want):  # big_vision's own 
 
 
 def test_suite_config_and_lookup_errors():
+    config = base_config()
+    config.evals = benchmark_evals()  # every benchmark passes the config validator
+    config_lib.validate(config)
     evals = benchmark_evals("imagenet", prompts="siglip", max_examples=8)
     assert sorted(evals) == sorted(benchmarks.SUITES["imagenet"])
     assert evals.imagenet_a.data == "tfds:imagenet_a:test" and evals.imagenet.prompts == "siglip"
