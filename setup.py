@@ -48,6 +48,8 @@ setup(
     version="0.1.0",
     description="Multimodal self-supervised and contrastive pretraining in JAX/Flax.",
     packages=find_packages(include=["multimodal_ssl", "multimodal_ssl.*"]),
+    # The benchmarks' class names and prompt templates (multimodal_ssl/evals/benchmarks).
+    package_data={"multimodal_ssl.evals.benchmarks": ["*.json"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

@@ -59,6 +59,37 @@ def shapes_probe_evals(
     )
 
 
+def benchmark_evals(
+    suite: str = "standard",
+    *,
+    every_steps: int = 10_000,
+    prompts: str = "clip",
+    max_examples: int | None = None,
+    batch_size: int = 256,
+) -> ml_collections.ConfigDict:
+    """``config.evals`` entries for the benchmarks of ``suite`` (a name of
+    ``evals.benchmarks.SUITES``: "standard", "zeroshot", "imagenet", "retrieval", or
+    comma-separated benchmark names), one per benchmark under its name, reading the
+    prepared TFDS datasets in ``data.tfds_dir``. ``prompts``: "clip" or "siglip" (the
+    zero-shot protocol). Add to a recipe with ``config.evals.update(benchmark_evals())``."""
+    from multimodal_ssl.evals import benchmarks  # local: recipes stay light to import
+
+    benchmarks.check_prompts(prompts)
+    evals = {}
+    for b in benchmarks.suite(suite):
+        evals[b.name] = {
+            "type": b.type,
+            "data": b.data,
+            "benchmark": b.name,
+            "every_steps": every_steps,
+            "max_examples": ml_collections.config_dict.placeholder(int),
+            "batch_size": batch_size,
+            **({"prompts": prompts} if b.type == "zeroshot" else {}),
+        }
+        evals[b.name]["max_examples"] = max_examples
+    return ml_collections.ConfigDict(evals)
+
+
 def use_muon(config: ml_collections.ConfigDict) -> None:
     """The optimizer of the generated-data recipes: Muon on the weight matrices, AdamW on
     the rest (lr 2e-3, 30 warmup steps, cosine, weight decay 1e-4, clipping 1.0). It learns

@@ -250,7 +250,8 @@ def test_prompt_ensembling_averages_and_renormalises():
     got = evals.class_embeddings(
         embed_texts, PromptTokenizer(prompts), classnames, templates, batch_size=4
     )
-    expected = np.stack([table[0:3].mean(0), table[3:6].mean(0)])
+    unit = table / np.linalg.norm(table, axis=1, keepdims=True)  # CLIP: each prompt's first
+    expected = np.stack([unit[0:3].mean(0), unit[3:6].mean(0)])
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
     np.testing.assert_allclose(got, expected, rtol=1e-6)
     assert seen == [(4, 1), (4, 1)]  # the partial last batch is padded to batch_size
@@ -372,8 +373,10 @@ def test_registry_and_default_configs():
     rt = evals.get_evaluator("retrieval").default_config()
     common_keys = {"type", "data", "every_steps", "max_examples", "batch_size", "label_key"}
     pair_keys = common_keys | {"query", "candidates"}
-    assert set(zs) == pair_keys | {"classnames", "templates"} and zs.type == "zeroshot"
-    assert set(rt) == pair_keys | {"same_if"} and rt.type == "retrieval"
+    zs_keys = {"classnames", "templates", "benchmark", "prompts"}
+    rt_keys = {"same_if", "benchmark", "candidates_field", "multi_caption"}
+    assert set(zs) == pair_keys | zs_keys and zs.type == "zeroshot"
+    assert set(rt) == pair_keys | rt_keys and rt.type == "retrieval"
     assert (rt.query, rt.candidates) == ("image", "text")
     with pytest.raises(ValueError, match=r"evals\.ev\.type: expected 'retrieval'"):
         evals.RetrievalEvaluator(

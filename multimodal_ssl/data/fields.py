@@ -25,8 +25,17 @@ import dataclasses
 class FieldRequest:
     """``key``: the record key to fill (the modality name); ``name``: the field in the
     source (None = the source format's default for ``key``, e.g. CSV ``filepath`` for
-    images); ``binary``: see the module docstring."""
+    images); ``binary``: see the module docstring; ``sequence``: the whole list of a
+    sequence field (e.g. every caption of a TFDS ``captions/text``) instead of its first
+    element (sources holding one value per field serve that value)."""
 
     key: str
     name: str | None
     binary: bool
+    sequence: bool = False
+
+    def __repr__(self) -> str:
+        # ``sequence`` only when set: a source's repr (with its requests) is recorded in
+        # the training iterator state and must not change for existing runs.
+        more = ", sequence=True" if self.sequence else ""
+        return f"FieldRequest(key={self.key!r}, name={self.name!r}, binary={self.binary}{more})"

@@ -5,13 +5,16 @@ NAME may carry a config (``coco_captions/2017``); SPLIT accepts TFDS slicing
 (``train[:90%]``). The dataset must be prepared in the array_record format in
 ``data.tfds_dir`` (default: TFDS's own, ``~/tensorflow_datasets``), e.g.
 ``tfds build NAME --file_format=array_record --data_dir=DIR``; nothing is downloaded.
+A catalogue dataset whose builder code needs TensorFlow (``coco_captions``) is opened
+from its prepared files alone.
 
 Features: the image (``data.tfds_image_key``, default ``image``) is an ``Image``
 feature (encoded bytes, decoded by the pipeline) or a uint8 ``Tensor`` [H, W, C]; the
 caption (``data.tfds_caption_key``, default ``caption``) a ``Text`` feature; the label
 (the eval's ``label_key``, by default ``label`` when present) an int, whose
 ``ClassLabel`` names become the source's ``classnames``. Nested features are named
-with ``/`` (``captions/text``); of a sequence the first element is used. A dataset
+with ``/`` (``captions/text``); of a sequence the first element is used (the whole
+list for a request with ``sequence``). A dataset
 without the caption feature can be evaluated (zero-shot) but not trained on
 (``has_captions`` is False).
 
@@ -25,6 +28,7 @@ feature.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -50,13 +54,36 @@ def parse_tfds_spec(rest: str, default_split: str) -> tuple[str, str]:
     return name, (parts[0] if parts else default_split)
 
 
-def _get(record: dict[str, Any], key: str) -> Any:
+def _get(record: dict[str, Any], key: str, whole: bool = False) -> Any:
+    """The feature ``key`` (``/``-nested) of ``record``: a sequence's first element
+    (None if empty), or with ``whole`` the list of its elements (a scalar as [it])."""
     value: Any = record
     for part in key.split("/"):
         value = value[part]
-    if isinstance(value, list | tuple) or (isinstance(value, np.ndarray) and value.dtype == object):
+    is_seq = isinstance(value, list | tuple) or (
+        isinstance(value, np.ndarray) and value.dtype == object
+    )
+    if whole:
+        return list(value) if is_seq else [value]
+    if is_seq:
         value = value[0] if len(value) else None
     return value
+
+
+def _builder(tfds, name: str, data_dir: str | None):
+    """``tfds.builder``; a catalogue builder whose code needs TensorFlow (its ``_info``
+    uses ``tf`` dtypes: ``coco_captions``) is built from the prepared files instead."""
+    try:
+        return tfds.builder(name, data_dir=data_dir)
+    except ModuleNotFoundError as e:
+        try:
+            return tfds.core.read_only_builder.builder_from_files(name, data_dir=data_dir)
+        except Exception:  # report the first cause: the builder code needs TF
+            raise ValueError(
+                f"tfds:{name}: its builder code needs a module that is not installed ({e}) "
+                f"and no prepared copy was found in {data_dir or '(TFDS default)'} "
+                "(config data.tfds_dir)"
+            ) from None
 
 
 class TfdsSource:
@@ -85,8 +112,9 @@ class TfdsSource:
         import tensorflow_datasets as tfds  # local: heavy import, only for tfds: specs
 
         self.name, self.split = name, split
+        data_dir = os.path.expanduser(data_dir) if data_dir else data_dir  # "~/..." from flags
         try:
-            builder = tfds.builder(name, data_dir=data_dir)
+            builder = _builder(tfds, name, data_dir)
         except tfds.core.registered.DatasetNotFoundError:
             raise ValueError(
                 f"tfds:{name}: no such dataset in data dir {data_dir or '(TFDS default)'} "
@@ -115,8 +143,8 @@ class TfdsSource:
 
         self.available_fields = sorted(features)
         self.requests = None if requests is None else checked_requests(requests)
-        # (record key, feature name) of each request served.
-        self._fields: list[tuple[str, str]] = []
+        # (record key, feature name, whole sequence) of each request served.
+        self._fields: list[tuple[str, str, bool]] = []
         if self.requests is None:
             served = {image_key: feature(image_key, "config data.tfds_image_key")}
             self.provides = frozenset({"image", "caption"})
@@ -129,8 +157,8 @@ class TfdsSource:
                     served[name] = _get(features, name)
                 except (KeyError, TypeError):
                     continue
-                self._fields.append((r.key, name))
-            self.provides = frozenset(key for key, _ in self._fields)
+                self._fields.append((r.key, name, r.sequence))
+            self.provides = frozenset(key for key, _, _ in self._fields)
         self.image_key, self.caption_key = image_key, caption_key
         self.has_captions = caption_key.split("/")[0] in features
         if label_key is None and "label" in features:
@@ -165,9 +193,9 @@ class TfdsSource:
             }
         else:
             fields = {}
-            for key, name in self._fields:
-                fields[key] = _get(record, name)
-                if is_empty(fields[key]):
+            for key, name, whole in self._fields:
+                fields[key] = _get(record, name, whole)
+                if (not fields[key]) if whole else is_empty(fields[key]):
                     raise BadRecord(where, f"empty feature {name!r}")
         label = _get(record, self.label_key) if self.label_key else -1
         return {**fields, "label": int(label), "id": index, "where": where}

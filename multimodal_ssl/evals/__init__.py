@@ -13,7 +13,8 @@ Types: ``zeroshot``, ``retrieval``, ``knn``, ``linear_probe`` (both fit on a lab
 ``train_data`` split), ``geometry``. Adding a type means one entry in ``EVALUATORS``.
 The metric functions (``zeroshot_metrics``, ``retrieval_metrics``, ``knn_metrics``,
 ``linear_probe_metrics``, ``geometry_metrics``, ``class_embeddings``) are pure and need
-no model.
+no model. :mod:`.benchmarks` holds the standard zero-shot and retrieval benchmarks (class
+names, prompt templates, TFDS specs) that ``zeroshot`` / ``retrieval`` pick by name.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """Zero-shot classification: class names x prompt templates -> averaged text embeddings
-(CLIP-style prompt ensembling) -> top-k accuracy of the images' nearest classes."""
+(CLIP-style prompt ensembling) -> top-k accuracy of the images' nearest classes.
+
+On a standard benchmark (:mod:`.benchmarks`: ImageNet and its variants, CIFAR, Food-101,
+Oxford Pets) the class names and templates of the papers are used by default."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from multimodal_ssl.evals import common
+from multimodal_ssl.evals import benchmarks, common
 
 DEFAULT_TEMPLATES = ("{}",)  # the bare class name, when neither config nor source has any
 
@@ -62,7 +65,7 @@ def class_embeddings(
 
     Every template (a string with one "{}") is filled with every class name, tokenised
     (``tokenizer.encode(list[str]) -> i32 [n, L]``) and embedded; each class's T
-    embeddings are averaged and the mean re-normalised.
+    embeddings are L2-normalised, averaged and the mean re-normalised (CLIP's ensemble).
     """
     if not classnames:
         raise ValueError("classnames: empty")
@@ -70,6 +73,7 @@ def class_embeddings(
     prompts = [t.replace("{}", name) for name in classnames for t in templates]
     tokens = np.asarray(tokenizer.encode(prompts))
     emb = common.embed_in_batches(embed_texts, tokens, batch_size)
+    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     mean = emb.reshape(len(classnames), len(templates), -1).mean(axis=1)
     norms = np.linalg.norm(mean, axis=1, keepdims=True)
     if np.any(norms == 0):
@@ -86,8 +90,27 @@ def _check_templates(key: str, templates: Any) -> None:
             raise ValueError(f"{key}: each must be a str with exactly one '{{}}', got {t!r}")
 
 
-def _read_classnames(name: str, value: Any, source) -> list[str]:
+def subset_labels(labels: np.ndarray, subset: Sequence[int], key: str) -> np.ndarray:
+    """labels [N] in the full label space -> their positions in ``subset`` (the classes
+    evaluated, e.g. ImageNet-A's 200 of ImageNet's 1000); ValueError naming ``key`` for a
+    label outside it."""
+    position = np.full(max(subset) + 1, -1, np.int64)
+    position[np.asarray(subset)] = np.arange(len(subset))
+    labels = np.asarray(labels)
+    inside = (labels >= 0) & (labels < len(position))
+    out = np.where(inside, position[np.clip(labels, 0, len(position) - 1)], -1)
+    if np.any(out < 0):
+        bad = int(labels[np.flatnonzero(out < 0)[0]])
+        raise ValueError(f"{key}: label {bad} is not among the benchmark's {len(subset)} classes")
+    return out
+
+
+def _read_classnames(
+    name: str, value: Any, source, bench: benchmarks.Benchmark | None = None, prompts: str = "clip"
+) -> list[str]:
     key = f"evals.{name}.classnames"
+    if value is None and bench is not None:
+        return bench.classnames(prompts, getattr(source, "classnames", None))
     if value is None:
         names = getattr(source, "classnames", None)
         if not names:
@@ -111,9 +134,13 @@ class ZeroShotEvaluator(common.PairEvaluator):
     """Zero-shot classification of the ``query`` modality (default image) of ``data`` by
     its ``label``, against prompts embedded by the ``candidates`` text modality.
 
-    Config keys: see ``default_config``; ``classnames``: None (the source's), a path to
-    a text file (one name per line, in label order) or a list; ``templates``: None (the
-    source's, else ``DEFAULT_TEMPLATES``) or a list of strings with one "{}".
+    Config keys: see ``default_config``; ``classnames``: None (the benchmark's, else the
+    source's), a path to a text file (one name per line, in label order) or a list;
+    ``templates``: None (the benchmark's, else the source's, else ``DEFAULT_TEMPLATES``)
+    or a list of strings with one "{}"; ``benchmark``: None (found from the TFDS name of
+    ``data``), a name of ``benchmarks.BENCHMARKS`` or "none"; ``prompts``: the
+    benchmark's protocol, "clip" or "siglip" (see :mod:`.benchmarks`). A benchmark with
+    a class subset (ImageNet-A/-R) classifies among its classes only.
     Metrics: ``eval/<name>/zeroshot_top1``, ``eval/<name>/zeroshot_top5``.
     """
 
@@ -133,8 +160,17 @@ class ZeroShotEvaluator(common.PairEvaluator):
             )
         self.tokenizer = text.tokenizer
         source = self.data.source
-        self.classnames = _read_classnames(self.name, self.config["classnames"], source)
+        self.benchmark = benchmarks.find(
+            self.config["benchmark"], self.config["data"], self.TYPE, f"evals.{self.name}.benchmark"
+        )
+        prompts = self.config["prompts"]
+        self.classnames = _read_classnames(
+            self.name, self.config["classnames"], source, self.benchmark, prompts
+        )
+        self.subset = self.benchmark.subset_indices() if self.benchmark else None
         templates = self.config["templates"]
+        if templates is None and self.benchmark is not None:
+            templates = self.benchmark.prompt_templates(prompts)
         if templates is None:
             templates = getattr(source, "templates", None) or DEFAULT_TEMPLATES
         _check_templates(f"evals.{self.name}.templates", templates)
@@ -145,6 +181,9 @@ class ZeroShotEvaluator(common.PairEvaluator):
         cfg = super().default_config()
         cfg.classnames = None  # None = the source's; or a file path; or a list of names
         cfg.templates = None  # None = the source's; or a list of strings with one "{}"
+        # None = the benchmark reading data's TFDS dataset, if any; a name; or "none".
+        cfg.benchmark = ml_collections.config_dict.placeholder(str)
+        cfg.prompts = "clip"  # the benchmark's class names and templates: "clip" or "siglip"
         return cfg
 
     @classmethod
@@ -152,6 +191,8 @@ class ZeroShotEvaluator(common.PairEvaluator):
         super().check_config(name, cfg)
         if cfg["templates"] is not None:
             _check_templates(f"evals.{name}.templates", cfg["templates"])
+        benchmarks.check_prompts(cfg["prompts"], f"evals.{name}.prompts")
+        benchmarks.find(cfg["benchmark"], cfg["data"], cls.TYPE, f"evals.{name}.benchmark")
 
     def run(self, embed: common.EmbedFns) -> dict[str, float]:
         query, candidates = self.config["query"], self.config["candidates"]
@@ -159,4 +200,7 @@ class ZeroShotEvaluator(common.PairEvaluator):
             embed[candidates], self.tokenizer, self.classnames, self.templates, self.batch_size
         )
         emb, kept = common.embed_pass(self.data.batches(), query, embed[query], ("label",))
-        return self._prefixed(zeroshot_metrics(emb, class_emb, kept["label"], ks=self.KS))
+        labels = kept["label"]
+        if self.subset is not None:
+            labels = subset_labels(labels, self.subset, f"evals.{self.name}.data")
+        return self._prefixed(zeroshot_metrics(emb, class_emb, labels, ks=self.KS))
