@@ -33,7 +33,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = load_recipe(os.path.join(os.path.dirname(__file__), "imagebind.py"), base)
     set_towers(config, {m: config.model.towers[m].to_dict() for m in MODALITIES})
     del config.data.pp["depth"]
-    for name in [n for n, e in config.evals.items() if "depth" in (e.get("query"), e.get("candidates"))]:
+    for name in [
+        n for n, e in config.evals.items() if "depth" in (e.get("query"), e.get("candidates"))
+    ]:
         del config.evals[name]
 
     # A multilinear product of three unit vectors is small (|MIP| <= 1, ~d^-1 at random),

@@ -83,7 +83,10 @@ def symile_reference(embs, t, perms=None):
     return loss, {"embs": grads, "t": dt}
 
 
-def gram_reference(anchor, others, t, eps_smooth=0.0, floor=16 * np.finfo(np.float64).eps):
+GRAM_FLOOR = 16 * np.finfo(np.float64).eps  # as multimodal_ssl/losses/gram.py in float64
+
+
+def gram_reference(anchor, others, t, eps_smooth=0.0, floor=GRAM_FLOOR):
     """GRAM: V_ij = sqrt(max(|det G|, floor)) of [anchor_i, others_j]; logits -e^t V;
     mean of the label-smoothed cross-entropies over rows and over columns. Gradient of V
     by dV/dA = V G^{-1} A (A the k x d matrix of the vectors; V above the floor)."""

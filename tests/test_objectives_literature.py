@@ -30,15 +30,29 @@ def _embeddings(n, d, seed, mods=MODS, dtype=np.float64, spread=1.0):
     return out
 
 
-def _value_and_grad(objective, emb, params, **kw):
+def _grad_fn(objective, **kw):
+    """Jitted ``(emb, params) -> (loss, metrics), (d emb, d params)`` (compile once, reuse)."""
     fn = jax.jit(jax.value_and_grad(lambda e, p: objective(e, p, **kw), (0, 1), has_aux=True))
-    return fn({k: jnp.asarray(v) for k, v in emb.items()}, {k: jnp.asarray(v) for k, v in params.items()})
+
+    def call(emb, params):
+        return fn(
+            {k: jnp.asarray(v) for k, v in emb.items()},
+            {k: jnp.asarray(v) for k, v in params.items()},
+        )
+
+    return call
+
+
+def _value_and_grad(objective, emb, params, **kw):
+    return _grad_fn(objective, **kw)(emb, params)
 
 
 def _close(actual, expected, tol, msg=""):
     expected = np.asarray(expected, np.float64)
     atol = tol * max(np.abs(expected).max(), 1e-6)
-    np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=tol, atol=atol, err_msg=msg)
+    np.testing.assert_allclose(
+        np.asarray(actual, np.float64), expected, rtol=tol, atol=atol, err_msg=msg
+    )
 
 
 # -------------------------------------------------------------------------------- DCL
@@ -46,24 +60,25 @@ def _close(actual, expected, tol, msg=""):
 DCL_T = {"moderate": math.log(10.0), "extreme": math.log(1000.0)}
 
 
-@pytest.mark.parametrize("scale", sorted(DCL_T))
-def test_dcl_matches_float64_reference(x64, scale):
+def test_dcl_matches_float64_reference(x64):
     objective = make_objective(objective_config("dcl", pairs="anchor:image"), MODS)
+    fn = _grad_fn(objective)
     emb = _embeddings(6, 4, seed=1)
-    params = {f"t_image_{m}": np.float64(DCL_T[scale] - 0.1 * k) for k, m in enumerate(("audio", "text"))}
-    (loss, metrics), (g_emb, g_par) = _value_and_grad(objective, emb, params)
-    ref_loss, ref_emb = 0.0, {m: np.zeros_like(emb[m]) for m in MODS}
-    for b in ("audio", "text"):
-        value, grads = dcl_reference(emb["image"], emb[b], params[f"t_image_{b}"])
-        np.testing.assert_allclose(metrics[f"train/loss/image_{b}"], value, rtol=1e-6)
-        ref_loss += value / 2
-        ref_emb["image"] += grads["x"] / 2
-        ref_emb[b] += grads["y"] / 2
-        _close(g_par[f"t_image_{b}"], grads["t"] / 2, 1e-6, b)
-    assert np.isfinite(loss)
-    np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
-    for m in MODS:
-        _close(g_emb[m], ref_emb[m], 1e-6, m)
+    for scale, t in DCL_T.items():
+        params = {f"t_image_{m}": np.float64(t - 0.1 * k) for k, m in enumerate(("audio", "text"))}
+        (loss, metrics), (g_emb, g_par) = fn(emb, params)
+        ref_loss, ref_emb = 0.0, {m: np.zeros_like(emb[m]) for m in MODS}
+        for b in ("audio", "text"):
+            value, grads = dcl_reference(emb["image"], emb[b], params[f"t_image_{b}"])
+            np.testing.assert_allclose(metrics[f"train/loss/image_{b}"], value, rtol=1e-6)
+            ref_loss += value / 2
+            ref_emb["image"] += grads["x"] / 2
+            ref_emb[b] += grads["y"] / 2
+            _close(g_par[f"t_image_{b}"], grads["t"] / 2, 1e-6, f"{scale} {b}")
+        assert np.isfinite(loss)
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-6, err_msg=scale)
+        for m in MODS:
+            _close(g_emb[m], ref_emb[m], 1e-6, f"{scale} {m}")
 
 
 def test_dcl_reference_gradients_match_finite_differences(x64):
@@ -101,15 +116,17 @@ def test_dcl_masked_all_present_equals_global_and_absent_rows_drop_out(x64):
     emb = _embeddings(6, 4, seed=4)
     x, y, t = emb["image"], emb["text"], np.float64(1.3)
     ones = np.ones(6, bool)
-    full = dcl.dcl_masked(x, y, t, ones, ones)
+    masked_loss = jax.jit(dcl.dcl_masked)
+    full = masked_loss(x, y, t, ones, ones)
     np.testing.assert_allclose(full, dcl.dcl_global(x, y, t), rtol=1e-12)
     keep = np.array([True, False, True, True, False, True])
-    masked = dcl.dcl_masked(x, y, t, keep, ones)  # absent images: their rows and columns go
-    ref_i2t = np.mean([_lse_np([s_ij for j, s_ij in enumerate(np.exp(t) * x[i] @ y.T) if j != i]) - np.exp(t) * x[i] @ y[i] for i in np.flatnonzero(keep)])
-    ref_t2i = np.mean([_lse_np([np.exp(t) * x[j] @ y[i] for j in np.flatnonzero(keep) if j != i]) - np.exp(t) * x[i] @ y[i] for i in np.flatnonzero(keep)])
-    np.testing.assert_allclose(masked, (ref_i2t + ref_t2i) / 2, rtol=1e-12)
+    masked = masked_loss(x, y, t, keep, ones)  # absent images: their rows and columns go
+    logits, rows = np.exp(t) * x @ y.T, np.flatnonzero(keep)
+    i2t = [_lse_np([logits[i, j] for j in range(6) if j != i]) - logits[i, i] for i in rows]
+    t2i = [_lse_np([logits[j, i] for j in rows if j != i]) - logits[i, i] for i in rows]
+    np.testing.assert_allclose(masked, (np.mean(i2t) + np.mean(t2i)) / 2, rtol=1e-12)
     one = np.eye(6, dtype=bool)[0]  # a single complete row: no partner, finite gradients
-    grads = jax.grad(lambda x: dcl.dcl_masked(x, y, t, one, one))(jnp.asarray(x))
+    grads = jax.jit(jax.grad(masked_loss))(x, y, t, one, one)
     assert np.isfinite(grads).all()
 
 
@@ -127,26 +144,28 @@ def _symile_reference(emb, t, perms=None, order=MODS):
 
 
 @pytest.mark.parametrize("negatives", ["n", "n_squared"])
-@pytest.mark.parametrize("t", [math.log(5.0), math.log(3000.0)], ids=["moderate", "extreme"])
-def test_symile_matches_float64_reference(x64, negatives, t):
+def test_symile_matches_float64_reference(x64, negatives):
+    """Moderate scale and the extreme one (|logits| ~ 1e3), value and every gradient."""
     objective = make_objective(objective_config("symile", negatives=negatives), MODS)
-    emb = _embeddings(5, 3, seed=5, spread=0.3)
     rng = jax.random.key(0)
-    (loss, metrics), (g_emb, g_par) = _value_and_grad(objective, emb, {"t": np.float64(t)}, rng=rng)
+    fn = _grad_fn(objective, rng=rng)
+    emb = _embeddings(5, 3, seed=5, spread=0.3)
     perms = None
     if negatives == "n":
         perms = np.asarray(symile.shuffle_permutations(rng, 3, 5))
         assert all(sorted(p) == list(range(5)) for p in perms.reshape(-1, 5))
         assert len({tuple(p) for p in perms.reshape(-1, 5)}) > 1
-    ref_loss, ref_emb, ref_t = _symile_reference(emb, t, perms)
-    if t > 5:  # the extreme scale reaches |logits| ~ 1e3
-        assert math.exp(t) * np.abs(np.sum(emb["audio"] * emb["image"] * emb["text"], 1)).max() > 500
-    assert np.isfinite(loss)
-    np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
-    np.testing.assert_allclose(np.mean([metrics[f"train/loss/{m}"] for m in MODS]), loss, rtol=1e-12)
-    for m in MODS:
-        _close(g_emb[m], ref_emb[m], 1e-6, m)
-    _close(g_par["t"], ref_t, 1e-6, "t")
+    mip = np.abs(np.sum(emb["audio"] * emb["image"] * emb["text"], 1)).max()
+    for t in (math.log(5.0), math.log(3000.0)):
+        (loss, metrics), (g_emb, g_par) = fn(emb, {"t": np.float64(t)})
+        ref_loss, ref_emb, ref_t = _symile_reference(emb, t, perms)
+        assert np.isfinite(loss) and (t < 5 or math.exp(t) * mip > 500)  # |logits| ~ 1e3
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+        per_anchor = np.mean([metrics[f"train/loss/{m}"] for m in MODS])
+        np.testing.assert_allclose(per_anchor, loss, rtol=1e-12)
+        for m in MODS:
+            _close(g_emb[m], ref_emb[m], 1e-6, m)
+        _close(g_par["t"], ref_t, 1e-6, "t")
 
 
 def test_symile_reference_gradients_match_finite_differences(x64):
@@ -167,8 +186,8 @@ def test_symile_two_and_four_modalities(x64):
     emb = _embeddings(4, 3, seed=7, mods=("a", "b", "c", "d"))
     for order in (("a", "b"), ("a", "b", "c", "d")):
         embs = [jnp.asarray(emb[m]) for m in order]
-        (value, _), grads = jax.value_and_grad(
-            lambda es, t: symile.symile_n_squared(es, t), (0, 1), has_aux=True
+        (value, _), grads = jax.jit(
+            jax.value_and_grad(symile.symile_n_squared, (0, 1), has_aux=True)
         )(embs, jnp.float64(1.5))
         ref_loss, ref = symile_reference([emb[m] for m in order], 1.5)
         np.testing.assert_allclose(value, ref_loss, rtol=1e-10)
@@ -226,26 +245,28 @@ def test_symile_ring_passes_blocks_without_gathering():
 
 
 @pytest.mark.parametrize(
-    "mods, t, smoothing",
+    "mods, smoothing, scales",
     [
-        (MODS, math.log(1 / 0.07), 0.0),
-        (MODS, math.log(1000.0), 0.1),
-        (("audio", "depth", "image", "text"), math.log(20.0), 0.1),
+        (MODS, 0.1, (math.log(1 / 0.07), math.log(1000.0))),
+        (("audio", "depth", "image", "text"), 0.0, (math.log(20.0),)),
     ],
-    ids=["three", "three-extreme-smoothed", "four-smoothed"],
+    ids=["three-smoothed", "four"],
 )
-def test_gram_matches_float64_reference(x64, mods, t, smoothing):
+def test_gram_matches_float64_reference(x64, mods, smoothing, scales):
+    """Three modalities at tau = 0.07 and at |logits| ~ 1e3 (volumes are <= 1); four."""
     objective = make_objective(objective_config("gram", label_smoothing=smoothing), mods)
+    fn = _grad_fn(objective)
     emb = _embeddings(5, 6, seed=10, mods=mods)
-    (loss, metrics), (g_emb, g_par) = _value_and_grad(objective, emb, {"t": np.float64(t)})
     others = [m for m in mods if m != "text"]
-    ref_loss, ref = gram_reference(emb["text"], [emb[m] for m in others], t, smoothing)
-    assert np.isfinite(loss) and metrics["train/t"] == t
-    np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
-    _close(g_emb["text"], ref["anchor"], 1e-6, "text")
-    for m, g in zip(others, ref["others"], strict=True):
-        _close(g_emb[m], g, 1e-6, m)
-    _close(g_par["t"], ref["t"], 1e-6, "t")
+    for t in scales:
+        (loss, metrics), (g_emb, g_par) = fn(emb, {"t": np.float64(t)})
+        ref_loss, ref = gram_reference(emb["text"], [emb[m] for m in others], t, smoothing)
+        assert np.isfinite(loss) and metrics["train/t"] == t
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+        _close(g_emb["text"], ref["anchor"], 1e-6, "text")
+        for m, g in zip(others, ref["others"], strict=True):
+            _close(g_emb[m], g, 1e-6, m)
+        _close(g_par["t"], ref["t"], 1e-6, "t")
 
 
 def test_gram_reference_gradients_match_finite_differences(x64):
@@ -261,20 +282,16 @@ def test_gram_reference_gradients_match_finite_differences(x64):
     _close(ref["t"], fd["t"], 1e-6, "t")
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
-def test_gram_degenerate_tuples_give_finite_loss_and_gradients(x64, dtype):
-    """Identical and antiparallel vectors (det G = 0, the aligned optimum) and |logits|
-    ~ 1e3: the volume is floored at the dtype's epsilon, gradients stay finite."""
+def test_gram_degenerate_tuples_give_finite_loss_and_zero_gradients():
+    """f32, identical and antiparallel vectors (det G = 0, the aligned optimum) at
+    |logits| ~ 1e3: every volume is floored (equal logits, loss log B), gradients 0."""
     objective = make_objective(objective_config("gram"), MODS)
-    emb = _embeddings(4, 3, seed=12)
-    emb = {m: jnp.asarray(emb["text"] * (-1 if m == "audio" else 1), dtype) for m in MODS}
-    (loss, _), (g_emb, g_par) = _value_and_grad(objective, emb, {"t": jnp.asarray(7.0, dtype)})
-    assert np.isfinite(loss) and np.isfinite(g_par["t"])
-    assert all(np.isfinite(g).all() for g in g_emb.values())
-    if dtype == jnp.float64:
-        floor = np.finfo(np.float64).eps ** 2
-        ref_loss, _ = gram_reference(emb["text"], [emb["audio"], emb["image"]], 7.0, floor=floor)
-        np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+    text = _embeddings(4, 3, seed=12, dtype=np.float32)["text"]
+    emb = {m: text * (-1 if m == "audio" else 1) for m in MODS}
+    (loss, _), (g_emb, g_par) = _value_and_grad(objective, emb, {"t": np.float32(7.0)})
+    np.testing.assert_allclose(loss, math.log(4), rtol=1e-6)
+    assert abs(float(g_par["t"])) < 1e-6  # sum of dL/dlogits (0 up to rounding) x logit
+    assert all(not np.asarray(g).any() for g in g_emb.values())
 
 
 # ------------------------------------------------------------------------------ config
@@ -302,3 +319,33 @@ def test_symile_shuffled_needs_rng():
     objective = make_objective(objective_config("symile"), MODS)
     with pytest.raises(ValueError, match="needs rng="):
         objective({m: jnp.ones((2, 3)) for m in MODS}, {"t": jnp.float32(0.0)})
+
+
+@pytest.mark.parametrize(
+    "name, overrides",
+    [("symile", {"negatives": "n"}), ("symile", {"negatives": "n_squared"}), ("gram", {})],
+    ids=["symile-n", "symile-n_squared", "gram"],
+)
+def test_dense_forms_take_batch_sharded_inputs(name, overrides):
+    """Trainer setting: f32 embeddings Explicit-sharded on the batch axis, under jit."""
+    objective = make_objective(objective_config(name, **overrides), MODS)
+    mesh = jax.make_mesh((4,), ("data",), devices=jax.devices()[:4])
+    emb = _embeddings(8, 4, seed=13, dtype=np.float32)
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data", None))
+    sharded = {m: jax.device_put(e, rows) for m, e in emb.items()}
+    rng = jax.random.key(1)
+    fn = _grad_fn(objective, mesh=mesh, rng=rng)
+    (loss, _), (g_emb, g_par) = fn(sharded, {"t": np.float32(2.0)})
+    if name == "gram":
+        ref_loss, ref = gram_reference(emb["text"], [emb["audio"], emb["image"]], 2.0)
+        ref_emb = {"text": ref["anchor"], "audio": ref["others"][0], "image": ref["others"][1]}
+        ref_t = ref["t"]
+    else:
+        perms = None
+        if overrides["negatives"] == "n":
+            perms = np.asarray(symile.shuffle_permutations(rng, 3, 8))
+        ref_loss, ref_emb, ref_t = _symile_reference(emb, 2.0, perms)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    for m in MODS:
+        _close(g_emb[m], ref_emb[m], 1e-4, m)
+    _close(g_par["t"], ref_t, 1e-4, "t")

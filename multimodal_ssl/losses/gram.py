@@ -20,7 +20,7 @@ with ``e`` the accumulation dtype's epsilon: ``det G`` formed from dot products 
 vectors carries a rounding error of a few ``e``, so below that floor (nearly collinear
 vectors, the aligned optimum) the volume is noise; it is reported as ``4 sqrt(e)``
 (1.4e-3 in f32, 6e-8 in f64) with a zero, not infinite or noisy, gradient. Memory: the
-``[B, B, k, k]`` Gram entries (dense; no ring).
+``k (k + 1) / 2`` Gram entries ``[B, B]`` (dense, rows sharded like the anchor; no ring).
 """
 
 from __future__ import annotations
@@ -31,52 +31,54 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from multimodal_ssl.losses.common import acc_dtype
+from multimodal_ssl.losses.common import acc_dtype, replicate_rows
+from multimodal_ssl.losses.pairwise import _diagonal_mask
 
 DET_FLOOR = 16  # det G below DET_FLOOR * eps is rounding noise (module docstring)
 
 
-def _sign(perm: tuple[int, ...]) -> int:
-    inversions = sum(perm[a] > perm[b] for a, b in itertools.combinations(range(len(perm)), 2))
-    return -1 if inversions % 2 else 1
+def _permutations(k: int) -> tuple[list[tuple[int, ...]], list[int]]:
+    """All permutations of ``range(k)`` and their signs."""
+    perms = list(itertools.permutations(range(k)))
+    pairs = list(itertools.combinations(range(k), 2))
+    signs = [(-1) ** sum(p[a] > p[b] for a, b in pairs) for p in perms]
+    return perms, signs
 
 
-def leibniz_det(g: jax.Array) -> jax.Array:
-    """Determinant of ``[..., k, k]`` by the Leibniz formula (k! terms; k <= 6 advised)."""
-    k = g.shape[-1]
+def leibniz_det(g: dict[tuple[int, int], jax.Array], k: int) -> jax.Array:
+    """Determinant ``sum_p sign(p) prod_r g[r, p(r)]`` (Leibniz; k! terms, k <= 6 advised)
+    of the ``k x k`` matrices given entry-wise: ``g[r, c]`` arrays of one shape."""
+    perms, signs = _permutations(k)
     total = 0.0
-    for perm in itertools.permutations(range(k)):
-        term = g[..., 0, perm[0]]
+    for perm, sign in zip(perms, signs, strict=True):
+        term = g[0, perm[0]]
         for r in range(1, k):
-            term = term * g[..., r, perm[r]]
-        total = total + _sign(perm) * term
+            term = term * g[r, perm[r]]
+        total = total + sign * term
     return total
 
 
 def gram_volume(anchor: jax.Array, others: Sequence[jax.Array]) -> jax.Array:
     """``V[i, j] = sqrt(max(|det G(anchor_i, others[.][j])|, 16 eps))``: ``[B_a, d]`` and
     k - 1 arrays ``[B, d]`` -> ``[B_a, B]`` in the accumulation dtype (>= f32)."""
-    acc = acc_dtype(anchor)
-    vecs = [anchor.astype(acc), *[o.astype(acc) for o in others]]
-    k, na, nb = len(vecs), anchor.shape[0], others[0].shape[0]
-    entries = {}
-    for p, q in itertools.combinations_with_replacement(range(k), 2):
-        if p == 0 and q == 0:  # anchor . anchor, [B_a, 1]
-            e = jnp.sum(vecs[0] * vecs[0], axis=1)[:, None]
-        elif p == 0:  # anchor . other, [B_a, B]
-            e = vecs[0] @ vecs[q].T
-        else:  # other . other of the same data row, [1, B]
-            e = jnp.sum(vecs[p] * vecs[q], axis=1)[None, :]
-        entries[p, q] = entries[q, p] = jnp.broadcast_to(e, (na, nb))
-    g = jnp.stack([jnp.stack([entries[p, q] for q in range(k)], -1) for p in range(k)], -2)
-    det = jnp.abs(leibniz_det(g))
+    acc = acc_dtype(anchor)  # rows of the anchor keep their sharding, the others gather
+    vecs = [anchor.astype(acc), *[replicate_rows(o).astype(acc) for o in others]]
+    k = len(vecs)
+    entries = {(0, q): vecs[0] @ vecs[q].T for q in range(1, k)}  # anchor . other [B_a, B]
+    zeros = jnp.zeros_like(entries[0, 1])  # broadcasts keep the anchor's row sharding
+    entries[0, 0] = zeros + jnp.sum(vecs[0] * vecs[0], axis=1)[:, None]
+    for p, q in itertools.combinations_with_replacement(range(1, k), 2):
+        entries[p, q] = zeros + jnp.sum(vecs[p] * vecs[q], axis=1)[None, :]  # same data row
+    for p, q in list(entries):
+        entries[q, p] = entries[p, q]
+    det = jnp.abs(leibniz_det(entries, k))
     return jnp.sqrt(jnp.maximum(det, DET_FLOOR * jnp.finfo(acc).eps))
 
 
 def _smoothed_ce(logits: jax.Array, axis: int, eps: float) -> jax.Array:
     """Mean over the other axis of the label-smoothed CE with the diagonal as targets."""
     logp = logits - jax.nn.logsumexp(logits, axis=axis, keepdims=True)
-    nll = -jnp.diagonal(logp)
+    nll = -jnp.sum(jnp.where(_diagonal_mask(logp), logp, 0), axis=axis)
     if eps:
         nll = (1 - eps) * nll - eps * jnp.mean(logp, axis=axis)
     return jnp.mean(nll)
@@ -92,8 +94,10 @@ def gram_loss(
         raise ValueError("gram needs the anchor and at least one other modality")
     for e in arrays:
         if e.ndim != 2 or e.shape != anchor.shape:
-            raise ValueError(f"gram embeddings must be [batch, dim] of one shape, got "
-                             f"{[a.shape for a in arrays]}")
+            raise ValueError(
+                f"gram embeddings must be [batch, dim] of one shape, got "
+                f"{[a.shape for a in arrays]}"
+            )
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     volume = gram_volume(anchor, others)

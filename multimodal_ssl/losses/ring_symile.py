@@ -79,7 +79,7 @@ def _nested(spec: RingSpec, level: int, travellers: list, carry, visit):
 def _forward(embs, t, spec: RingSpec):
     """Per-anchor local loss shares ``[M]`` and the per-modality ``(max, sum)`` ``[b]``."""
     acc_t = jnp.promote_types(embs[0].dtype, jnp.float32)
-    s, n, m = jnp.exp(t.astype(acc_t)), embs[0].shape[0], len(embs)
+    s, n = jnp.exp(t.astype(acc_t)), embs[0].shape[0]
     empty = varying((jnp.full((n,), -jnp.inf, acc_t), jnp.zeros((n,), acc_t)), spec)
 
     def visit(home, travellers):
@@ -134,8 +134,7 @@ def _local_shares_bwd(spec, res, ct):
         d_home = d_home + s * d_first
         dt = dt + jnp.sum(d_first * operands[0])
         travellers = [
-            (blk, grad + grad_of(k + 1, g, operands))
-            for k, (blk, grad) in enumerate(travellers)
+            (blk, grad + grad_of(k + 1, g, operands)) for k, (blk, grad) in enumerate(travellers)
         ]
         return (d_home, dt), travellers
 

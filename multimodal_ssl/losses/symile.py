@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from multimodal_ssl.losses.common import acc_dtype
+from multimodal_ssl.losses.common import acc_dtype, replicate_rows
 
 NEGATIVES = ("n", "n_squared")
 
@@ -43,7 +43,9 @@ def check_embeddings(embs: Sequence[jax.Array]) -> None:
         raise ValueError(f"symile needs at least 2 modalities, got {len(embs)}")
     for k, e in enumerate(embs):
         if e.ndim != 2 or not jnp.issubdtype(e.dtype, jnp.floating):
-            raise ValueError(f"embedding {k} must be floating [batch, dim], got {e.shape} {e.dtype}")
+            raise ValueError(
+                f"embedding {k} must be floating [batch, dim], got {e.shape} {e.dtype}"
+            )
         if e.shape != embs[0].shape:
             raise ValueError(f"embeddings must share one shape, got {[x.shape for x in embs]}")
 
@@ -51,12 +53,13 @@ def check_embeddings(embs: Sequence[jax.Array]) -> None:
 def mip_tensor(embs: Sequence[jax.Array], scale: jax.Array) -> jax.Array:
     """``scale * MIP`` of every tuple of rows: ``[n_1, d] x ... x [n_M, d] -> [n_1, ..., n_M]``.
 
-    The scale is folded into the first operand (the same rounding in every consumer).
+    The scale is folded into the first operand (the same rounding in every consumer). The
+    result keeps the first operand's row sharding (the others are replicated).
     """
     letters = string.ascii_letters[: len(embs)]
     spec = ",".join(f"{c}z" for c in letters) + "->" + letters
     first = scale * embs[0].astype(scale.dtype)
-    return jnp.einsum(spec, first, *[e.astype(scale.dtype) for e in embs[1:]])
+    return jnp.einsum(spec, first, *[replicate_rows(e).astype(scale.dtype) for e in embs[1:]])
 
 
 def positive_mip(embs: Sequence[jax.Array], scale: jax.Array) -> jax.Array:
@@ -89,9 +92,8 @@ def symile_n_squared(embs: Sequence[jax.Array], t: jax.Array) -> tuple[jax.Array
 def shuffle_permutations(rng: jax.Array, num_modalities: int, batch: int) -> jax.Array:
     """Independent permutations ``[M, M, B]`` i32: ``perm[m, r]`` shuffles modality r when
     m is the anchor (``perm[m, m]`` is unused)."""
-    keys = jax.random.split(rng, num_modalities * num_modalities)
-    perms = jax.vmap(lambda k: jax.random.permutation(k, batch))(keys)
-    return perms.reshape(num_modalities, num_modalities, batch).astype(jnp.int32)
+    keys = jax.random.uniform(rng, (num_modalities, num_modalities, batch))
+    return jnp.argsort(keys, axis=-1).astype(jnp.int32)  # uniform random permutations
 
 
 def symile_n(
@@ -112,12 +114,15 @@ def symile_n(
     eye = jnp.eye(n, dtype=bool)
     losses = []
     for k in range(m):
-        shuffled = jnp.ones(embs[0].shape, acc)
+        shuffled = jnp.ones(embs[0].shape, acc)  # the O(n) form is small: replicated
         for r in range(m):
             if r != k:
-                shuffled = shuffled * jnp.take(embs[r], perms[k, r], axis=0).astype(acc)
-        logits = (s * embs[k].astype(acc)) @ shuffled.T
-        logits = jnp.where(eye, pos[:, None], logits)
+                # Row j of e_r[perm] as a one-hot product: a matmul (and its transpose in
+                # the backward pass), not a gather / scatter.
+                shuffle = jax.nn.one_hot(perms[k, r], n, dtype=acc)
+                shuffled = shuffled * (shuffle @ replicate_rows(embs[r]).astype(acc))
+        logits = (s * replicate_rows(embs[k]).astype(acc)) @ shuffled.T
+        logits = jnp.where(eye, replicate_rows(pos)[:, None], logits)
         losses.append(jnp.mean(jax.nn.logsumexp(logits, axis=1) - pos))
     per_anchor = jnp.stack(losses)
     return jnp.mean(per_anchor), per_anchor
