@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--worlds", default="8,16,32,64,128")
     parser.add_argument("--local-batch", type=int, default=32)
     parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--global-up-to", type=int, default=16, help="largest W for global")
+    parser.add_argument("--global-up-to", type=int, default=32, help="largest W for global")
     args = parser.parse_args()
     worlds = [int(w) for w in args.worlds.split(",")]
     if max(worlds) > jax.device_count():
