@@ -195,8 +195,8 @@ def test_symile_two_and_four_modalities(x64):
             _close(g, r, 1e-10)
 
 
-def _ring_objective(w):
-    cfg = objective_config("symile", negatives="n_squared", impl="ring")
+def _ring_objective(w, chunk=None):
+    cfg = objective_config("symile", negatives="n_squared", impl="ring", chunk_size=chunk)
     return make_objective(cfg, MODS), jax.make_mesh((w,), ("data",), devices=jax.devices()[:w])
 
 
@@ -208,10 +208,11 @@ def _symile_global():
     return emb, params, _value_and_grad(objective, emb, params)
 
 
-@pytest.mark.parametrize("w", [1, 3, 8])
-def test_symile_ring_equals_global(w):
+@pytest.mark.parametrize("w, chunk", [(1, 8), (3, None), (8, 1)])
+def test_symile_ring_equals_global(w, chunk):
+    """chunk: home rows per step (1 device: 3 chunks of 8; 8 devices: 3 chunks of 1)."""
     emb, params, ((ref_loss, ref_metrics), (ref_emb, ref_par)) = _symile_global()
-    objective, mesh = _ring_objective(w)
+    objective, mesh = _ring_objective(w, chunk)
     (loss, metrics), (g_emb, g_par) = _value_and_grad(objective, emb, params, mesh=mesh)
     assert loss.dtype == jnp.float32
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
@@ -222,7 +223,7 @@ def test_symile_ring_equals_global(w):
 
 
 def test_symile_ring_extreme_scale_matches_float64_reference(x64):
-    objective, mesh = _ring_objective(3)
+    objective, mesh = _ring_objective(3, chunk=1)
     emb = _embeddings(6, 3, seed=9, spread=0.3)
     t = math.log(3000.0)
     (loss, _), (g_emb, g_par) = _value_and_grad(objective, emb, {"t": np.float64(t)}, mesh=mesh)
@@ -303,6 +304,7 @@ def test_gram_degenerate_tuples_give_finite_loss_and_zero_gradients():
         ("symile", {"impl": "ring"}, (), "impl"),  # the O(n) form has no ring
         ("symile", {"impl": "all_gather", "negatives": "n_squared"}, (), "impl"),
         ("symile", {"negatives": "n3"}, (), "negatives"),
+        ("symile", {"negatives": "n_squared", "impl": "ring", "chunk_size": 0}, (), "chunk_size"),
         ("symile", {}, ("audio",), "name"),
         ("gram", {"anchor": "depth"}, (), "anchor"),
         ("gram", {"label_smoothing": 1.0}, (), "label_smoothing"),

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from multimodal_ssl.losses import dcl, gram, ring_symile, symile
+from multimodal_ssl.losses import common, dcl, gram, ring_symile, symile
 from multimodal_ssl.losses.objectives import Objective, Pairwise, _fail, register_objective
 
 
@@ -69,7 +69,8 @@ class _AllModalities(Objective):
 class Symile(_AllModalities):
     """Symile (Saporta et al. 2024) over every tower (>= 2; sorted). Keys: ``negatives``
     (``n``: O(n) shuffled, needs the step's rng; ``n_squared``: every combination of the
-    non-anchor rows), ``impl`` (``global``; ``ring`` with ``n_squared``), ``t_init``.
+    non-anchor rows), ``impl`` (``global``; ``ring`` with ``n_squared``), ``chunk_size``
+    (ring: home rows scored per step, None = the local batch), ``t_init``.
     Metrics: ``train/t``, ``train/loss/<anchor>`` per anchor modality."""
 
     NAME = "symile"
@@ -79,6 +80,7 @@ class Symile(_AllModalities):
         cfg = super().default_config()
         cfg.negatives = "n"
         cfg.impl = "global"
+        cfg.chunk_size = ml_collections.config_dict.placeholder(int)
         return cfg
 
     @classmethod
@@ -90,6 +92,10 @@ class Symile(_AllModalities):
             _fail("impl", f"{out['impl']!r} is not one of ['global', 'ring'] for symile")
         if out["impl"] == "ring" and out["negatives"] != "n_squared":
             _fail("impl", "'ring' needs negatives='n_squared' (the O(n) form is dense only)")
+        try:
+            common.check_chunk_size(out["chunk_size"])
+        except ValueError as e:
+            _fail("chunk_size", str(e))
         return out
 
     def __call__(self, embeddings, params, *, masks=None, mesh=None, rng=None):
@@ -100,7 +106,9 @@ class Symile(_AllModalities):
             perms = symile.shuffle_permutations(rng, len(embs), embs[0].shape[0])
             loss, per_anchor = symile.symile_n(embs, params["t"], perms)
         elif self.config["impl"] == "ring":
-            loss, per_anchor = ring_symile.symile_ring(embs, params["t"], mesh)
+            loss, per_anchor = ring_symile.symile_ring(
+                embs, params["t"], mesh, chunk_size=self.config["chunk_size"]
+            )
         else:
             loss, per_anchor = symile.symile_n_squared(embs, params["t"])
         metrics = {f"train/loss/{m}": per_anchor[k] for k, m in enumerate(self.order)}
