@@ -149,12 +149,12 @@ def test_symile_matches_float64_reference(x64, negatives):
     objective = make_objective(objective_config("symile", negatives=negatives), MODS)
     rng = jax.random.key(0)
     fn = _grad_fn(objective, rng=rng)
-    emb = _embeddings(5, 3, seed=5, spread=0.3)
+    emb = _embeddings(8, 3, seed=5, spread=0.3)
     perms = None
     if negatives == "n":
-        perms = np.asarray(symile.shuffle_permutations(rng, 3, 5))
-        assert all(sorted(p) == list(range(5)) for p in perms.reshape(-1, 5))
-        assert len({tuple(p) for p in perms.reshape(-1, 5)}) > 1
+        perms = np.asarray(symile.shuffle_permutations(rng, 3, 8))
+        assert all(sorted(p) == list(range(8)) for p in perms.reshape(-1, 8))
+        assert len({tuple(p) for p in perms.reshape(-1, 8)}) > 1
     mip = np.abs(np.sum(emb["audio"] * emb["image"] * emb["text"], 1)).max()
     for t in (math.log(5.0), math.log(3000.0)):
         (loss, metrics), (g_emb, g_par) = fn(emb, {"t": np.float64(t)})

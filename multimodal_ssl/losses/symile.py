@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from multimodal_ssl.losses.common import acc_dtype, replicate_rows
+from multimodal_ssl.losses.pairwise import _diagonal_mask
 
 NEGATIVES = ("n", "n_squared")
 
@@ -111,18 +112,17 @@ def symile_n(
     acc = acc_dtype(embs[0])
     s = jnp.exp(jnp.asarray(t).astype(acc))
     pos = positive_mip(embs, s)
-    eye = jnp.eye(n, dtype=bool)
     losses = []
     for k in range(m):
-        shuffled = jnp.ones(embs[0].shape, acc)  # the O(n) form is small: replicated
+        shuffled = jnp.ones(embs[0].shape, acc)  # the shuffled products: replicated
         for r in range(m):
             if r != k:
                 # Row j of e_r[perm] as a one-hot product: a matmul (and its transpose in
                 # the backward pass), not a gather / scatter.
                 shuffle = jax.nn.one_hot(perms[k, r], n, dtype=acc)
                 shuffled = shuffled * (shuffle @ replicate_rows(embs[r]).astype(acc))
-        logits = (s * replicate_rows(embs[k]).astype(acc)) @ shuffled.T
-        logits = jnp.where(eye, replicate_rows(pos)[:, None], logits)
+        logits = (s * embs[k].astype(acc)) @ shuffled.T  # [B, B], rows sharded as e_k
+        logits = jnp.where(_diagonal_mask(logits), pos[:, None], logits)
         losses.append(jnp.mean(jax.nn.logsumexp(logits, axis=1) - pos))
     per_anchor = jnp.stack(losses)
     return jnp.mean(per_anchor), per_anchor
