@@ -77,10 +77,8 @@ def symile_n_squared(embs: Sequence[jax.Array], t: jax.Array) -> tuple[jax.Array
     embs: M arrays ``[B, d]``; t: scalar log-scale. Returns (loss, per-anchor losses [M]).
     """
     check_embeddings(embs)
-    acc = acc_dtype(embs[0])
-    scores = mip_tensor(embs, jnp.exp(jnp.asarray(t).astype(acc)))
-    pos = positive_mip(embs, jnp.exp(jnp.asarray(t).astype(acc)))
-    m = len(embs)
+    s = jnp.exp(jnp.asarray(t).astype(acc_dtype(embs[0])))
+    scores, pos, m = mip_tensor(embs, s), positive_mip(embs, s), len(embs)
     per_anchor = jnp.stack(
         [
             jnp.mean(jax.nn.logsumexp(scores, axis=tuple(a for a in range(m) if a != k)) - pos)
