@@ -91,8 +91,9 @@ def symile_n_squared(embs: Sequence[jax.Array], t: jax.Array) -> tuple[jax.Array
 def shuffle_permutations(rng: jax.Array, num_modalities: int, batch: int) -> jax.Array:
     """Independent permutations ``[M, M, B]`` i32: ``perm[m, r]`` shuffles modality r when
     m is the anchor (``perm[m, m]`` is unused)."""
-    keys = jax.random.uniform(rng, (num_modalities, num_modalities, batch))
-    return jnp.argsort(keys, axis=-1).astype(jnp.int32)  # uniform random permutations
+    rows = jnp.broadcast_to(jnp.arange(batch, dtype=jnp.int32), (num_modalities**2, batch))
+    perms = jax.random.permutation(rng, rows, axis=1, independent=True)
+    return perms.reshape(num_modalities, num_modalities, batch)
 
 
 def symile_n(
