@@ -30,6 +30,7 @@ from multimodal_ssl.sharding import (
 )
 
 _MICRO = "_microbatch"  # batch leaf added in the step: each row's micro-batch index
+_LOSS_STREAM = 0x7FFFFFFF  # folded into the step key for the objective (micro-batches use 0..M-1)
 
 
 # Bits of ``TrainState.health["what"]``: which values of a step were non-finite.
@@ -151,7 +152,9 @@ def make_train_step(
             return model.apply(variables, x, train=True, rngs={"dropout": rng})
 
         def loss_fn(params, emb):
-            return objective(emb, merge_params(params, frozen), masks=masks, mesh=mesh)
+            # Objectives that sample (Symile's shuffled negatives) get their own stream.
+            rng = jax.random.fold_in(step_rng, _LOSS_STREAM)
+            return objective(emb, merge_params(params, frozen), masks=masks, mesh=mesh, rng=rng)
 
         (loss, aux), grads = gradcache.value_and_grad(
             embed_fn, loss_fn, trainable, inputs, microbatches, batch_sharding(mesh)

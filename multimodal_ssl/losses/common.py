@@ -139,3 +139,16 @@ def run_sharded(
         out_specs=P(),
     )
     return fn(x, y, *scalars)
+
+
+def replicate_rows(a: jax.Array) -> jax.Array:
+    """``a`` with Explicit-sharded rows gathered (replicated); otherwise ``a`` unchanged.
+
+    Dense losses that contract several batch-sharded operands (Symile, GRAM) keep the
+    first one's row sharding and replicate the others: a product sharded on the same mesh
+    axes in two dimensions is not a legal type.
+    """
+    sharding = jax.typeof(a).sharding
+    if isinstance(sharding, NamedSharding) and any(sharding.spec):
+        return jax.sharding.reshard(a, sharding.update(spec=P()))
+    return a

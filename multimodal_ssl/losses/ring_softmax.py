@@ -48,8 +48,11 @@ def _merge(a, b):
     return m, a[1] * jnp.exp(a[0] - m) + b[1] * jnp.exp(b[0] - m)
 
 
-def _forward(x, y, t, spec: RingSpec):
-    """Local loss share and the row / column ``(max, sum)`` pairs (``[b]`` each)."""
+def _forward(x, y, t, spec: RingSpec, decoupled: bool = False):
+    """Local loss share and the row / column ``(max, sum)`` pairs (``[b]`` each).
+
+    ``decoupled`` (DCL): the positives stay out of the log-sum-exps (a finite very
+    negative score, not -inf: a tile row with only its positive must not give NaN)."""
     acc = jnp.promote_types(x.dtype, jnp.float32)
     s, n, c = jnp.exp(t.astype(acc)), x.shape[0], spec.chunk
     put = jax.lax.dynamic_update_slice_in_dim
@@ -60,6 +63,8 @@ def _forward(x, y, t, spec: RingSpec):
             _, _, logits, pos_mask = tile_scores(x, yb, s, i0, j0, c, own)
             if own:  # the positives, taken from the same logits as the LSEs
                 pos = add_rows(pos, i0, jnp.sum(jnp.where(pos_mask, logits, 0), axis=1))
+                if decoupled:
+                    logits = jnp.where(pos_mask, jnp.finfo(acc).min, logits)
             rm_i, rs_i = _online_update(rows(rm, i0, c), rows(rs, i0, c), logits, 1)
             cm_j, cs_j = _online_update(rows(cm, j0, c), rows(cs, j0, c), logits, 0)
             return (
@@ -76,17 +81,17 @@ def _forward(x, y, t, spec: RingSpec):
     return jnp.sum(per_pair) / (2 * spec.batch), ((rm, rs), (cm, cs))
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _local_loss(x, y, t, spec: RingSpec) -> jax.Array:
-    return _forward(x, y, t, spec)[0]
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _local_loss(x, y, t, spec: RingSpec, decoupled: bool) -> jax.Array:
+    return _forward(x, y, t, spec, decoupled)[0]
 
 
-def _local_loss_fwd(x, y, t, spec):
-    local, (row_stats, col_stats) = _forward(x, y, t, spec)
+def _local_loss_fwd(x, y, t, spec, decoupled):
+    local, (row_stats, col_stats) = _forward(x, y, t, spec, decoupled)
     return local, (x, y, t, row_stats, col_stats)
 
 
-def _local_loss_bwd(spec, res, ct):
+def _local_loss_bwd(spec, decoupled, res, ct):
     """Per-device cotangents of x, y, t (JAX sums those of the replicated t)."""
     x, y, t, row_stats, col_stats = res
     acc = jnp.promote_types(x.dtype, jnp.float32)
@@ -103,7 +108,7 @@ def _local_loss_bwd(spec, res, ct):
             cm, cs = (rows(a, j0, c)[None, :] for a in col_stats_b)
             g = scale * (jnp.exp(logits - rm) / rs + jnp.exp(logits - cm) / cs)
             if own:  # the positives: -l_ii / B (one per direction, each weighted 1 / 2B)
-                g = jnp.where(pos, g - 2 * scale, g)
+                g = jnp.where(pos, -2 * scale if decoupled else g - 2 * scale, g)
             gy = g @ yj
             dx = add_rows(dx, i0, s * gy)
             dy = add_rows(dy, j0, g.T @ xsi)
@@ -128,13 +133,15 @@ def softmax_ring(
     axes: tuple[str, ...],
     W: int,
     chunk_size: int | None = None,
+    decoupled: bool = False,
 ) -> jax.Array:
     """Per-device CLIP ring body for ``jax.shard_map``.
 
     x, y: local ``[b, d]`` (any float dtype; accumulation in >= f32); t: replicated scalar
     log-scale; axes: batch mesh axes (the ring, W devices). ``chunk_size`` tiles each
-    ``b x b`` block (None: one tile). Returns the global loss, replicated.
+    ``b x b`` block (None: one tile). ``decoupled``: DCL, the positive out of the
+    denominators (:mod:`multimodal_ssl.losses.dcl`). Returns the global loss, replicated.
     """
     spec = make_spec(axes, W, x.shape[0], chunk_size)
     t = jax.lax.pcast(t, axes, to="varying")
-    return jax.lax.psum(_local_loss(x, y, t, spec), axes)
+    return jax.lax.psum(_local_loss(x, y, t, spec, decoupled), axes)
