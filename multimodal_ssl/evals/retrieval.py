@@ -124,7 +124,7 @@ class RetrievalEvaluator(common.PairEvaluator):
         same_if = self.config["same_if"]
         return list(dict.fromkeys([*super().modalities, *([same_if] if same_if else [])]))
 
-    def run(self, embed: common.EmbedFns) -> dict[str, float]:
+    def compute(self, embed: common.EmbedFns) -> dict[str, float]:
         q, c, same_if = self.config["query"], self.config["candidates"], self.config["same_if"]
         keep = tuple(dict.fromkeys((c, *([same_if] if same_if else []))))
         q_emb, kept = common.embed_pass(self.data.batches(), q, embed[q], keep)

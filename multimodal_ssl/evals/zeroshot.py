@@ -153,7 +153,7 @@ class ZeroShotEvaluator(common.PairEvaluator):
         if cfg["templates"] is not None:
             _check_templates(f"evals.{name}.templates", cfg["templates"])
 
-    def run(self, embed: common.EmbedFns) -> dict[str, float]:
+    def compute(self, embed: common.EmbedFns) -> dict[str, float]:
         query, candidates = self.config["query"], self.config["candidates"]
         class_emb = class_embeddings(
             embed[candidates], self.tokenizer, self.classnames, self.templates, self.batch_size
