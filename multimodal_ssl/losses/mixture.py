@@ -62,7 +62,8 @@ def nest_metrics(metrics: Mapping[str, jax.Array], name: str) -> dict[str, jax.A
 def mix_term(name: str, weight: float = 1.0, **overrides: Any) -> ml_collections.ConfigDict:
     """One term of ``loss.terms``: objective ``name``'s full config and its ``weight``."""
     cfg = objective_class(name).default_config()
-    cfg.update(overrides)
+    for key, value in overrides.items():  # assigned, not merged: nested configs replace
+        cfg[key] = value
     cfg.weight = float(weight)
     return cfg
 
