@@ -305,7 +305,3 @@ class Softmax(Pairwise):
 
     def pair_loss_masked(self, x, y, scalars, vx, vy):
         return masked.softmax_masked(x, y, scalars["t"], vx, vy)
-
-
-# Objectives defined in their own modules register on import (after the base classes).
-from multimodal_ssl.losses import decur, matryoshka, mixture, simclr  # noqa: E402, F401
