@@ -370,7 +370,7 @@ def test_registry_and_default_configs():
         evals.get_evaluator("knn9")
     zs = evals.get_evaluator("zeroshot").default_config()
     rt = evals.get_evaluator("retrieval").default_config()
-    common_keys = {"type", "data", "every_steps", "max_examples", "batch_size", "label_key"}
+    common_keys = {"type", "data", "every_steps", "max_examples", "batch_size", "label_key", "dims"}
     pair_keys = common_keys | {"query", "candidates"}
     assert set(zs) == pair_keys | {"classnames", "templates"} and zs.type == "zeroshot"
     assert set(rt) == pair_keys | {"same_if"} and rt.type == "retrieval"
