@@ -338,3 +338,24 @@ def test_mixture_config_errors_name_the_term_key():
     cfg.terms.siglip.name = "softmax"  # one flag switches a term (its b_init is dropped)
     mix = make_objective(cfg, MIX_MODS, embed_dim=4)
     assert mix.terms["simclr"][0] == 0.0 and set(mix.init_params()) == {"t", "simclr_head"}
+
+
+def test_mixture_on_a_4_device_mesh_equals_one_device():
+    """Rows sharded over the batch axis (as the train step gives them): XLA partitions the
+    dense DeCUR / SimCLR / Matryoshka math to the same value and gradients."""
+    cfg = _mixture()
+    cfg.terms.mrl = mix_term("matryoshka", dims=(2, 4))
+    cfg.terms.mrl.objective.pairs = "image-image_view2"
+    mix = make_objective(cfg, MIX_MODS, embed_dim=4)
+    raw = {m: _random((8, 4), i).astype(np.float32) for i, m in enumerate(MIX_MODS)}
+    params = mix.init_params()
+    (loss, _), grads = _value_and_grad(mix, raw, params)
+    auto = (jax.sharding.AxisType.Auto,)  # as the trainer's mesh (sharding.make_mesh)
+    mesh = jax.make_mesh((4,), ("data",), axis_types=auto, devices=jax.devices()[:4])
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data", None))
+    sharded = {m: jax.device_put(e, rows) for m, e in raw.items()}
+    fn = jax.jit(jax.value_and_grad(lambda e, p: mix(e, p, mesh=mesh), argnums=(0, 1),
+                                    has_aux=True))
+    (loss4, _), grads4 = fn(sharded, params)
+    np.testing.assert_allclose(loss4, loss, rtol=1e-5)
+    jax.tree.map(lambda a, b: _close(a, b, 1e-5), grads4, grads)

@@ -129,9 +129,11 @@ class DeCUR(Objective):
         f = out["common_fraction"]
         if not isinstance(f, int | float) or not 0 < f <= 1:
             _fail("common_fraction", f"must be in (0, 1], got {f!r}")
-        for key in ("off_diagonal_weight", "eps"):
-            if not isinstance(out[key], int | float) or out[key] < 0:
-                _fail(key, f"must be a number >= 0, got {out[key]!r}")
+        lam, eps = out["off_diagonal_weight"], out["eps"]
+        if not isinstance(lam, int | float) or lam < 0:
+            _fail("off_diagonal_weight", f"must be a number >= 0, got {lam!r}")
+        if not isinstance(eps, int | float) or eps <= 0:  # a constant dimension: 0 / sqrt(eps)
+            _fail("eps", f"must be a number > 0, got {eps!r}")
         return out
 
     def __init__(self, cfg, modalities, optional=(), **kw):
