@@ -88,6 +88,11 @@ class Experiment:
     def modalities(self) -> tuple[str, ...]:
         return tuple(self.model.towers)
 
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The training inputs: every tower's modality and the views of ``data.views``."""
+        return (*self.model.towers, *(self.model.views or {}))
+
     def train_loader(self) -> TrainLoader:
         """This process's training loader (its share of the global batch); remembers
         which modalities some sources lack (masked in the objective)."""
@@ -106,7 +111,9 @@ class Experiment:
     def objective(self) -> Objective:
         """The objective of ``config.loss`` (after :meth:`train_loader`, it knows which
         modalities are masked)."""
-        return make_objective(self.config.loss, self.modalities, self.masked)
+        return make_objective(
+            self.config.loss, self.inputs, self.masked, embed_dim=self.config.model.embed_dim
+        )
 
     @functools.cached_property
     def optimizer(self) -> tuple[Any, Any]:

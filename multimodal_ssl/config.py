@@ -44,6 +44,7 @@ _OPEN_SUBTREES = (
     "data.train",
     "data.fields",
     "data.pp",
+    "data.views",
 )
 # Keys that moved: a config setting the old one is told the new one.
 _MOVED = {"model.t_init": "loss.t_init", "model.b_init": "loss.b_init"}
@@ -84,6 +85,10 @@ def base_config() -> ml_collections.ConfigDict:
     # preprocessing spec, e.g. {"audio": "resample(16000)|crop(1.0)|log_mel(64, 25, 10)"};
     # unset = the modality kind's default (multimodal_ssl/data/modalities.py).
     c.data.pp = ml_collections.ConfigDict()
+    # Extra training inputs: {input: modality}, e.g. {"image_view2": "image"}: the
+    # modality's field read again with independent random augmentation (data.pp_train),
+    # embedded by its tower (SimCLR/SLIP, DeCUR intra-modal terms); not read by evals.
+    c.data.views = ml_collections.ConfigDict()
 
     c.model = ml_collections.ConfigDict()
     # One tower per modality: {"type": one of models.towers.TOWER_TYPES, **its kwargs}.
@@ -279,6 +284,16 @@ def _check_towers(model: ml_collections.ConfigDict) -> None:
             )
 
 
+def _check_views(config: ml_collections.ConfigDict) -> None:
+    """``data.views``: ``{input: modality}`` with a new input name and a tower's modality."""
+    towers = sorted(config.model.towers)
+    for name, modality in config.data.views.items():
+        if name in config.model.towers:
+            _fail(f"data.views.{name}", "names a tower's modality; pick a new input name")
+        if modality not in config.model.towers:
+            _fail(f"data.views.{name}", f"{modality!r} has no tower (towers: {towers})")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first bad key or value in ``config``."""
     _check_keys(config, base_config(), "")
@@ -321,7 +336,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
     if not _is_dict(config.loss) or "name" not in config.loss:
         _fail("loss", "must be a dict with a 'name' key (an objective)")
-    objective_class(config.loss.name).resolve(config.loss, list(config.model.towers))
+    _check_views(config)
+    objective_class(config.loss.name).resolve(
+        config.loss, [*config.model.towers, *config.data.views]
+    )
 
     _check_choice("optim.name", config.optim.name, OPTIMIZERS)
     _check_choice("optim.schedule", config.optim.schedule, SCHEDULES)

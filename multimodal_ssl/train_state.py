@@ -117,11 +117,12 @@ def make_train_step(
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """One jitted step with donated state; in/out shardings are those of ``abstract_state``.
 
-    batch: ``{modality: [B, ...]}`` for every tower, plus ``mask/<m>`` (bool [B]) for the
-    modalities in ``masked``, sharded on the batch axes. The forward pass runs with
-    ``train=True`` and a "dropout" rng folded from the state's key, the step and the
-    micro-batch. Returns the new state and scalar metrics ``train/{loss,lr,grad_norm}``
-    plus the objective's (``train/t``, ``train/loss/<a>_<b>``, ...).
+    batch: ``{modality: [B, ...]}`` for every tower and view (``model.views``), plus
+    ``mask/<m>`` (bool [B]) for the modalities in ``masked``, sharded on the batch axes.
+    The objective gets unit rows, or the raw projections if its ``unit_rows`` is False.
+    The forward pass runs with ``train=True`` and a "dropout" rng folded from the
+    state's key, the step and the micro-batch. Returns the new state and scalar metrics
+    ``train/{loss,lr,grad_norm}`` plus the objective's (``train/t``, ``train/loss/<a>_<b>``, ...).
     ``optim.microbatches > 1``: GradCache accumulation (``gradcache.py``), the gradient of
     the whole-batch loss computed with the activation memory of one micro-batch.
     """
@@ -132,7 +133,7 @@ def make_train_step(
             f"config.optim.microbatches: {microbatches} does not divide the {rows_per_shard} "
             f"rows per batch shard (batch_size {config.batch_size}, mesh {dict(mesh.shape)})"
         )
-    modalities = tuple(model.towers)
+    modalities = (*model.towers, *(model.views or {}))  # towers' inputs and their views
     nan_policy = config.train.nan_policy
     freeze = config.optim.freeze
     partition_frozen(abstract_state.params, freeze)  # fail now if it matches none or all
@@ -149,7 +150,9 @@ def make_train_step(
             rng = jax.random.fold_in(step_rng, inputs[_MICRO][0])
             x = {m: inputs[m] for m in modalities}
             variables = {"params": merge_params(params, frozen)}
-            return model.apply(variables, x, train=True, rngs={"dropout": rng})
+            return model.apply(
+                variables, x, train=True, normalize=objective.unit_rows, rngs={"dropout": rng}
+            )
 
         def loss_fn(params, emb):
             # Objectives that sample (Symile's shuffled negatives) get their own stream.

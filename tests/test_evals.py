@@ -371,7 +371,7 @@ def test_registry_and_default_configs():
         evals.get_evaluator("knn9")
     zs = evals.get_evaluator("zeroshot").default_config()
     rt = evals.get_evaluator("retrieval").default_config()
-    common_keys = {"type", "data", "every_steps", "max_examples", "batch_size", "label_key"}
+    common_keys = {"type", "data", "every_steps", "max_examples", "batch_size", "label_key", "dims"}
     pair_keys = common_keys | {"query", "candidates"}
     zs_keys = {"classnames", "templates", "benchmark", "prompts"}
     rt_keys = {"same_if", "benchmark", "candidates_field", "multi_caption"}

@@ -68,6 +68,11 @@ class Processor(abc.ABC):
         self.modality, self.name = modality, name
 
     @property
+    def reads(self) -> str:
+        """The modality whose record field this reads (itself; a view: its modality)."""
+        return self.modality
+
+    @property
     def field(self) -> str:
         """The field read, for messages: ``data.fields.<m>`` or the kind's usual name."""
         return self.name or _DEFAULT_FIELD.get(self.kind, self.modality)
@@ -229,6 +234,46 @@ class VectorProcessor(Processor):
         return self.shape, np.dtype(np.float32)
 
 
+class ViewProcessor(Processor):
+    """A second view (``data.views``): ``processor``'s field read again by ``processor``,
+    with the next draws of the example's rng, so random ops augment it independently."""
+
+    def __init__(self, view: str, processor: Processor):
+        super().__init__(view, processor.name)
+        self.base = processor
+        self.kind = processor.kind
+
+    @property
+    def reads(self) -> str:
+        return self.base.modality
+
+    @property
+    def field(self) -> str:
+        return self.base.field
+
+    @property
+    def request(self) -> FieldRequest:
+        return self.base.request
+
+    def read(self, value, where, rng):
+        return self.base.read(value, where, rng)
+
+    def absent(self):
+        return self.base.absent()
+
+    def example_shape(self):
+        return self.base.example_shape()
+
+    def collate(self, values):
+        return self.base.collate(values)
+
+    def finish(self, batch):
+        return self.base.finish(batch)
+
+    def fingerprint(self) -> str:
+        return f"{self.modality}:view:{self.base.fingerprint()}"
+
+
 def vector_shape(spec: str) -> tuple[int, ...]:
     """``"vector(16)"`` / ``"vector(100, 6)"`` -> the per-example shape of a vector
     modality; ValueError otherwise."""
@@ -259,7 +304,8 @@ def make_processors(
 ) -> dict[str, Processor]:
     """One processor per tower of ``config.model.towers``, reading ``config.data``.
 
-    ``train``: the training pipeline (``data.pp_train``, random crops) or the eval one.
+    ``train``: the training pipeline (``data.pp_train``, random crops, and the second
+    views of ``data.views``) or the eval one.
     ``tokenizer``: the text modalities' (default: ``data.tokenizer`` at ``max_text_len``).
     Raises ValueError naming the config key of a bad spec or field.
     """
@@ -291,6 +337,11 @@ def make_processors(
                 )
         except ValueError as e:
             raise ValueError(f"{key}: {e}") from None
+    if train:
+        for view, modality in (data.get("views") or {}).items():
+            if modality not in out:
+                raise ValueError(f"config.data.views.{view}: {modality!r} has no tower")
+            out[view] = ViewProcessor(view, out[modality])
     return out
 
 

@@ -73,14 +73,14 @@ class ReadExample:
     ):
         self.source, self.processors = source, dict(processors)
         self.id_offset, self.strict = id_offset, strict
-        self.provided = {m for m, p in self.processors.items() if _provides(source, m, p)}
+        self.provided = {m for m, p in self.processors.items() if _provides(source, p.reads, p)}
 
     def __call__(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
         try:
             raw = self.source[int(index)]
             where = raw.get("where") or f"{self.source!r} example {index}"
             record = {
-                m: p.read(raw[_raw_key(raw, m, p)], where, rng)
+                m: p.read(raw[_raw_key(raw, p.reads, p)], where, rng)
                 if m in self.provided
                 else p.absent()
                 for m, p in self.processors.items()
@@ -368,7 +368,7 @@ def check_modalities(sources: Sequence[Source], processors: Mapping[str, Process
     no source provides one."""
     masked = []
     for m, p in processors.items():
-        having = [s for s in sources if _provides(s, m, p)]
+        having = [s for s in sources if _provides(s, p.reads, p)]
         if not having:
             fields = sorted({f for s in sources for f in getattr(s, "available_fields", ())})
             raise ValueError(
@@ -396,7 +396,7 @@ def train_loader_from_config(
     ``config.model.towers``, strict, worker and thread counts) and ``config.seed``."""
     data = config.data
     processors = make_processors(config, train=True, tokenizer=tokenizer)
-    requests = tuple(p.request for p in processors.values())
+    requests = tuple(p.request for m, p in processors.items() if p.reads == m)  # not views
     return make_train_loader(
         open_train_sources(data, config.seed, requests),
         batch_size=batch_size,

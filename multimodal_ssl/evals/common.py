@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from multimodal_ssl.evals.prefix import check_dims, run_at_prefixes
+
 EmbedFn = Callable[[np.ndarray], Any]  # [b, ...] -> [b, d] f32 (numpy or jax)
 EmbedFns = Mapping[str, EmbedFn]  # {modality: embed function}
 # Short names of the image/text modalities in metric names (img2txt_r@1, ...).
@@ -427,6 +429,7 @@ class Evaluator(abc.ABC):
         for key in cls.MODALITY_KEYS:
             if not isinstance(cfg[key], str) or not cfg[key]:
                 raise ValueError(f"evals.{name}.{key}: expected a modality name, got {cfg[key]!r}")
+        cfg["dims"] = check_dims(f"evals.{name}.dims", cfg["dims"])
         for key, allow_none in (
             ("every_steps", False),
             ("batch_size", False),
@@ -449,13 +452,20 @@ class Evaluator(abc.ABC):
                 # Label column (csv) / feature (tfds) / member or json key (wds) of the
                 # data; None = "label" where present.
                 "label_key": ml_collections.config_dict.placeholder(str),
+                # Also evaluate these embedding prefixes (Matryoshka; evals/prefix.py).
+                "dims": ml_collections.config_dict.placeholder(tuple),
             }
         )
 
-    @abc.abstractmethod
     def run(self, embed: EmbedFns) -> dict[str, float]:
-        """-> {"eval/<name>/<metric>": value}. embed: {modality: [b, ...] -> L2-normalised
-        [b, d]} for (at least) this evaluator's modalities."""
+        """-> {"eval/<name>/<metric>": value} (and ``eval/<name>/d<m>/<metric>`` for each
+        ``m`` in ``dims``). embed: {modality: [b, ...] -> L2-normalised [b, d]} for (at
+        least) this evaluator's modalities."""
+        return run_at_prefixes(self.compute, embed, self.config["dims"], self.name)
+
+    @abc.abstractmethod
+    def compute(self, embed: EmbedFns) -> dict[str, float]:
+        """The metrics of ``embed`` (as :meth:`run`, at the width ``embed`` gives)."""
 
     def _prefixed(self, metrics: Mapping[str, float]) -> dict[str, float]:
         return {f"eval/{self.name}/{k}": float(v) for k, v in metrics.items()}

@@ -120,7 +120,7 @@ class GeometryEvaluator(common.PairEvaluator):
         if not isinstance(t, float | int) or isinstance(t, bool) or not t > 0:
             raise ValueError(f"evals.{name}.uniformity_t: must be a number > 0, got {t!r}")
 
-    def run(self, embed: common.EmbedFns) -> dict[str, float]:
+    def compute(self, embed: common.EmbedFns) -> dict[str, float]:
         q, c = self.config["query"], self.config["candidates"]
         q_emb, kept = common.embed_pass(self.data.batches(), q, embed[q], (c,))
         c_emb = common.embed_in_batches(embed[c], kept[c], self.batch_size)

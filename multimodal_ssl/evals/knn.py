@@ -159,7 +159,7 @@ class KnnEvaluator(frozen.FrozenFeaturesEvaluator):
         ):
             raise ValueError(f"evals.{name}.temperature: must be > 0 or None, got {temperature!r}")
 
-    def run(self, embed: common.EmbedFns) -> dict[str, float]:
+    def compute(self, embed: common.EmbedFns) -> dict[str, float]:
         train_x, train_y, test_x, test_y, num_classes = self.features(embed)
         metrics = knn_metrics(
             train_x,

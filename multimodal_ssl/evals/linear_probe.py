@@ -207,7 +207,7 @@ class LinearProbeEvaluator(frozen.FrozenFeaturesEvaluator):
             raise ValueError(f"evals.{name}.val_fraction: must be in (0, 1), got {fraction!r}")
         common.check_int(f"evals.{name}.max_steps", cfg["max_steps"])
 
-    def run(self, embed: common.EmbedFns) -> dict[str, float]:
+    def compute(self, embed: common.EmbedFns) -> dict[str, float]:
         train_x, train_y, test_x, test_y, num_classes = self.features(embed)
         metrics = linear_probe_metrics(
             train_x,

@@ -226,7 +226,7 @@ class RetrievalEvaluator(common.PairEvaluator):
             raise ValueError("the eval data is empty")
         return np.concatenate(embs), np.concatenate(captions), np.concatenate(owners)
 
-    def run(self, embed: common.EmbedFns) -> dict[str, float]:
+    def compute(self, embed: common.EmbedFns) -> dict[str, float]:
         q, c, same_if = self.config["query"], self.config["candidates"], self.config["same_if"]
         if self.multi_caption:
             q_emb, cand, cand_to_query = self._multi_caption_pass(embed)

@@ -194,7 +194,7 @@ class ZeroShotEvaluator(common.PairEvaluator):
         benchmarks.check_prompts(cfg["prompts"], f"evals.{name}.prompts")
         benchmarks.find(cfg["benchmark"], cfg["data"], cls.TYPE, f"evals.{name}.benchmark")
 
-    def run(self, embed: common.EmbedFns) -> dict[str, float]:
+    def compute(self, embed: common.EmbedFns) -> dict[str, float]:
         query, candidates = self.config["query"], self.config["candidates"]
         class_emb = class_embeddings(
             embed[candidates], self.tokenizer, self.classnames, self.templates, self.batch_size

@@ -111,3 +111,14 @@ def get_loss(name: str) -> Callable[..., jax.Array]:
     if name not in LOSSES:
         raise ValueError(f"unknown loss name {name!r}; valid names: {sorted(LOSSES)}")
     return LOSSES[name]
+
+
+# The objectives defined in their own modules register themselves on import; importing
+# any losses module (objectives.py included) thus sees the whole registry.
+from multimodal_ssl.losses import (  # noqa: E402, F401
+    decur,
+    matryoshka,
+    mixture,
+    objectives,
+    simclr,
+)

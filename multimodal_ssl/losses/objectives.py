@@ -61,11 +61,16 @@ def objective_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:
 
 
 def make_objective(
-    cfg: Mapping[str, Any], modalities: Sequence[str], optional: Sequence[str] = ()
+    cfg: Mapping[str, Any],
+    modalities: Sequence[str],
+    optional: Sequence[str] = (),
+    *,
+    embed_dim: int | None = None,
 ) -> Objective:
     """Builds ``config.loss`` for a model with towers for ``modalities``; ``optional``:
-    the modalities some training examples lack (their masks reach the objective)."""
-    return objective_class(cfg["name"])(cfg, modalities, optional)
+    the modalities some training examples lack (their masks reach the objective);
+    ``embed_dim``: the embeddings' width (for objectives with heads of their own)."""
+    return objective_class(cfg["name"])(cfg, modalities, optional, embed_dim=embed_dim)
 
 
 def _fail(key: str, message: str) -> None:
@@ -73,15 +78,24 @@ def _fail(key: str, message: str) -> None:
 
 
 class Objective(abc.ABC):
-    """Base of every objective (see the module docstring)."""
+    """Base of every objective (see the module docstring). ``unit_rows``: whether it
+    takes the L2-normalised embeddings (the default) or the towers' raw projections
+    (the train step asks the model for those when False)."""
 
     NAME: ClassVar[str]
+    unit_rows: bool = True
 
     def __init__(
-        self, cfg: Mapping[str, Any], modalities: Sequence[str], optional: Sequence[str] = ()
+        self,
+        cfg: Mapping[str, Any],
+        modalities: Sequence[str],
+        optional: Sequence[str] = (),
+        *,
+        embed_dim: int | None = None,
     ):
         self.modalities = tuple(modalities)
         self.optional = frozenset(optional)
+        self.embed_dim = embed_dim
         self.config = self.resolve(cfg, self.modalities)
 
     @classmethod
@@ -200,8 +214,8 @@ class Pairwise(Objective):
         out["pairs"] = parse_pairs(out["pairs"], modalities)
         return out
 
-    def __init__(self, cfg, modalities, optional=()):
-        super().__init__(cfg, modalities, optional)
+    def __init__(self, cfg, modalities, optional=(), **kw):
+        super().__init__(cfg, modalities, optional, **kw)
         self.pairs = self.config["pairs"]
         for pair in self.pairs:
             missing = self.optional.intersection(pair)

@@ -115,12 +115,17 @@ class MultiTower(nn.Module):
     (as SigLIP's image tower). Only the modalities present in ``inputs`` run, so
     embedding one modality costs one tower; initialise with every modality's input.
     ``train=True`` enables dropout, stochastic depth and token dropping (needs a
-    "dropout" rng).
+    "dropout" rng). ``normalize=False`` returns the projections before the L2
+    normalisation (for objectives such as DeCUR that standardise them themselves).
+
+    ``views``: ``{input: modality}``: extra inputs (second augmented views,
+    ``data.views``) embedded by that modality's tower, with its params.
     """
 
     towers: Mapping[str, Mapping[str, Any]]
     embed_dim: int = 128
     dtype: Any = "float32"
+    views: Mapping[str, str] | None = None
 
     def tower(self, modality: str) -> nn.Module:
         """The (unbound) tower module of ``modality``."""
@@ -132,12 +137,16 @@ class MultiTower(nn.Module):
 
     @nn.compact
     def __call__(
-        self, inputs: Mapping[str, jax.Array], *, train: bool = False
+        self, inputs: Mapping[str, jax.Array], *, train: bool = False, normalize: bool = True
     ) -> dict[str, jax.Array]:
-        out = {}
-        for modality, x in inputs.items():
+        out, modules = {}, {}
+        views = self.views or {}
+        for name, x in inputs.items():
+            modality = views.get(name, name)
+            if modality not in modules:  # a view reuses its modality's tower
+                modules[modality] = self.tower(modality)
             try:
-                z = self.tower(modality)(x, train=train)
+                z = modules[modality](x, train=train)
             except ValueError as e:  # "ViT.pool: ..." -> "config.model.towers.image.pool: ..."
                 raise ValueError(_config_error(modality, str(e))) from e
             if z.shape[-1] != self.embed_dim:
@@ -145,7 +154,7 @@ class MultiTower(nn.Module):
                     f"config.model.towers.{modality}: tower output has dim {z.shape[-1]} but "
                     f"model.embed_dim is {self.embed_dim} (set its num_classes or width)"
                 )
-            out[modality] = l2_normalize(z)
+            out[name] = l2_normalize(z) if normalize else z.astype(jnp.float32)
         return out
 
 
@@ -174,9 +183,11 @@ def tower_configs(config: ml_collections.ConfigDict, vocab_size: int) -> dict[st
 
 
 def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> MultiTower:
-    """The multi-tower model of ``config.model`` (see :func:`tower_configs`)."""
+    """The multi-tower model of ``config.model`` (see :func:`tower_configs`), embedding
+    the extra inputs of ``config.data.views`` with their modality's tower."""
     return MultiTower(
         towers=tower_configs(config, vocab_size),
         embed_dim=config.model.embed_dim,
         dtype=config.model.dtype,
+        views=dict(config.data.get("views") or {}) or None,
     )
