@@ -12,7 +12,7 @@ input, a SentencePiece tokenizer, batch 32k; ``multimodal_ssl/scale_recipes.py``
 ``B16``, ``L16``, ``So400m14``, optionally at a resolution: ``B16_256``, ``L16_384``,
 ``So400m14_224`` (224, 256 or 384), e.g.
 
-    python -m multimodal_ssl.main --config=configs/siglip.py:B16 --workdir=gs://b/siglip \
+    python -m multimodal_ssl.main --config=configs/siglip.py:B16 --workdir=/mnt/shared/siglip \
         --config.data.train='wds:/data/webli/{00000..09999}.tar' \
         --config.data.tokenizer=sentencepiece:/data/c4_en.model
 """

@@ -57,8 +57,7 @@ class PaperModel:
     """One SigLIP size. ``vit``/``text``: tower variants (``models.common.VARIANTS``);
     ``resolutions``: those it is released at (the first is the default); ``text_len``:
     tokens per caption at each resolution; ``remat``: the blocks' rematerialisation
-    policy; ``plan_devices``/``plan_gib``: the slice ``experiments/scale_plan.py`` checks
-    the recipe fits (devices, GiB per device) at batch :data:`BATCH_SIZE`."""
+    policy."""
 
     vit: str
     text: str
@@ -66,8 +65,6 @@ class PaperModel:
     resolutions: tuple[int, ...]
     text_len: dict[int, int]
     remat: str
-    plan_devices: int
-    plan_gib: int
 
     @property
     def patch(self) -> int:
@@ -77,15 +74,15 @@ class PaperModel:
 MODELS: dict[str, PaperModel] = {
     "B16": PaperModel(
         vit="B/16", text="B", width=768, resolutions=(224, 256, 384),
-        text_len={224: 64, 256: 64, 384: 64}, remat="full", plan_devices=64, plan_gib=32,
+        text_len={224: 64, 256: 64, 384: 64}, remat="full",
     ),
     "L16": PaperModel(
         vit="L/16", text="L", width=1024, resolutions=(256, 384),
-        text_len={224: 64, 256: 64, 384: 64}, remat="full", plan_devices=128, plan_gib=32,
+        text_len={224: 64, 256: 64, 384: 64}, remat="full",
     ),
     "So400m14": PaperModel(
         vit="So400m/14", text="So400m", width=1152, resolutions=(224, 384),
-        text_len={224: 16, 256: 64, 384: 64}, remat="full", plan_devices=256, plan_gib=32,
+        text_len={224: 16, 256: 64, 384: 64}, remat="full",
     ),
 }
 
