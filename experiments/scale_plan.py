@@ -23,7 +23,7 @@ the micro-batches, so activations stay those of one 32k-sized micro-batch and th
 difference is the loss). One more row checks the README's GPU-node command (B/16 on
 8 x 80 GiB). Results go to ``scale_plan.json`` (raw) and ``scale_plan.md`` (tables).
 
-    python experiments/scale_plan.py            # ~25 min on 2 CPU cores
+    python experiments/scale_plan.py            # ~13 min on 2 CPU cores
     python experiments/scale_plan.py --only=B16_224,gpu_node   # redo a subset
     python experiments/scale_plan.py --render   # the tables again from scale_plan.json
 
@@ -69,7 +69,7 @@ BIG_BATCH = 16 * BATCH_SIZE  # 512k
 SLICES: dict[str, tuple[int, int]] = {
     "B16_224": (64, 1),
     "B16_256": (64, 1),
-    "B16_384": (64, 2),
+    "B16_384": (64, 4),
     "L16_224": (128, 1),
     "L16_256": (128, 1),
     "L16_384": (128, 2),
@@ -80,6 +80,30 @@ SLICES: dict[str, tuple[int, int]] = {
 DEFAULTS = ("B16_224", "L16_256", "So400m14_224")  # the variants' default resolutions
 # The README's GPU-node command: (variant, devices, micro-batches, GiB per device).
 GPU_NODE = ("B16_224", 8, 4, 80)
+
+
+NOTES = [
+    "- Every variant fits 32 GiB per device on its slice, with a margin for the CPU estimate; "
+    "the per-device state (params + Adam, FSDP-sharded) is small next to the activations, so "
+    "the rows per device, not the model, set the memory. On fewer devices, raise "
+    "`optim.microbatches` until rows per micro-batch are below the \"rows that fit\" column "
+    "(GradCache: same gradient, one more forward pass).",
+    "- At 32k the loss does not set the peak: ring and all_gather compile to the same bytes, "
+    "so the loss's buffers ([512, 32768] logits for all_gather) are smaller than the "
+    "towers' backward working set, which is the peak. At 512k all_gather's "
+    "[rows, 524288] logits are the peak (B/16: +35 GiB per device over the ring); the "
+    "ring's loss memory does not grow with B.",
+    "- The ring's own growth from 32k to 512k is mostly the input batch: the images arrive "
+    "as float32, 8192 rows x 224 x 224 x 3 = 4.6 GiB of arguments per device at 512k on 64 "
+    "devices, and the temporaries grow by about as much (GradCache's micro-batch split).",
+    "- FLOPs per example include the remat recompute (about 4 forward passes per training "
+    "example); GradCache (`optim.microbatches > 1`) adds one more forward. Time per step "
+    "= FLOP/example x 32768 / (devices x peak FLOP/s x MFU).",
+    "- Before the step constrained activations to the batch axes "
+    "(`models.common.batch_sharded_activations`), XLA followed the FSDP-sharded weights: "
+    "B/16 at 512 rows x 64 devices compiled to 266 GiB of temporaries per device (every "
+    "device held the global batch's activations, split over the width); now 15 GiB.",
+]
 
 
 def _config(variant: str, batch: int, microbatches: int, impl: str) -> ml_collections.ConfigDict:
@@ -232,7 +256,7 @@ def render(results: dict, command: str, minutes: float | None) -> str:
             f"| `{r['variant']}` | {r['devices']} | {r['microbatches']} | "
             f"{r['batch'] // r['devices']} | "
             f"{'-' if flops is None else f'{flops / 1e9:.0f}'} | {_gib(r['peak_bytes'])} "
-            f"({_gib(r['state_bytes'])}) | {'yes' if fits else '**no**'} | "
+            f"({r['state_bytes'] / GIB:.2f}) | {'yes' if fits else '**no**'} | "
             + " / ".join(str(fit_rows(r, g)) for g in DEVICE_GIB)
             + f" | {r['compile_s']:.0f} |"
         )
@@ -265,7 +289,7 @@ def render(results: dict, command: str, minutes: float | None) -> str:
                 lines.append(
                     f"| `{variant}` | {batch} | {ring['devices']} | {ring['microbatches']} | "
                     f"{_gib(ring['peak_bytes'])} | {_gib(gather['peak_bytes'])} | "
-                    f"{_gib(gather['peak_bytes'] - ring['peak_bytes'])} GiB |"
+                    f"{round((gather['peak_bytes'] - ring['peak_bytes']) / GIB, 1) + 0.0:.1f} GiB |"
                 )
     gpu = results.get("gpu_node")
     if gpu:
@@ -279,6 +303,7 @@ def render(results: dict, command: str, minutes: float | None) -> str:
             f"{'fits' if gpu['peak_bytes'] <= gib * GIB else '**does not fit**'} {gib} GiB. "
             f"Rows per micro-batch that fit {gib} GiB: {fit_rows(gpu, gib)}.",
         ]
+    lines += ["", "## Reading", "", *NOTES]
     return "\n".join(lines) + "\n"
 
 
