@@ -92,7 +92,8 @@ NOTES = [
     "so the loss's buffers ([512, 32768] logits for all_gather) are smaller than the "
     "towers' backward working set, which is the peak. At 512k all_gather's "
     "[rows, 524288] logits are the peak (B/16: +35 GiB per device over the ring); the "
-    "ring's loss memory does not grow with B.",
+    "ring's loss memory depends on the rows per device only ([rows, rows] blocks: 0.25 GiB "
+    "at 8192 rows), not on B.",
     "- The ring's own growth from 32k to 512k is mostly the input batch: the images arrive "
     "as float32, 8192 rows x 224 x 224 x 3 = 4.6 GiB of arguments per device at 512k on 64 "
     "devices, and the temporaries grow by about as much (GradCache's micro-batch split).",
