@@ -1,6 +1,7 @@
 """Paper-scale SigLIP recipes (configs/siglip.py:B16, :L16_384, ...): every variant
 validates once its data and tokenizer are set, builds the released models' architecture
-(parameter counts of the published checkpoints), and names the keys it requires."""
+(parameter counts of the published checkpoints), and names the keys it requires; the
+abstract train state that experiments/scale_plan.py compiles against."""
 
 import math
 from pathlib import Path
@@ -11,8 +12,12 @@ import pytest
 
 from multimodal_ssl import config as config_lib
 from multimodal_ssl import scale_recipes
+from multimodal_ssl.losses.objectives import make_objective
 from multimodal_ssl.models.towers import build_model
+from multimodal_ssl.optim import make_optimizer
 from multimodal_ssl.recipes import load_recipe
+from multimodal_ssl.sharding import make_mesh
+from multimodal_ssl.train_state import abstract_state, init_state
 
 SIGLIP = str(Path(__file__).resolve().parents[1] / "configs" / "siglip.py")
 VOCAB = 32_000  # big_vision's c4_en SentencePiece model, used by the English SigLIP models
@@ -76,3 +81,25 @@ def test_unset_data_and_tokenizer_are_named():
 def test_unknown_paper_variant_lists_the_known_ones(arg):
     with pytest.raises(ValueError, match="B16_256, B16_384, L16"):
         scale_recipes.parse_variant(arg)
+
+
+def test_abstract_state_is_the_state_init_state_makes():
+    config = load_recipe(SIGLIP, "tiny")
+    config.mesh.data, config.mesh.fsdp = 2, 4
+    config.sharding.fsdp_min_size = 0
+    mesh = make_mesh(config.mesh, jax.devices())
+    model = build_model(config, 257)
+    objective = make_objective(config.loss, tuple(model.towers))
+    tx, _ = make_optimizer(config.optim, config.total_steps)
+    size, length = config.data.image_size, config.data.max_text_len
+    one = {
+        "image": jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),
+        "text": jax.ShapeDtypeStruct((1, length), jnp.int32),
+    }
+    abstract = abstract_state(model, objective, tx, config, mesh, one)
+    state = jax.eval_shape(lambda: init_state(model, objective, tx, config, mesh, one))  # traced
+    assert jax.tree.structure(abstract) == jax.tree.structure(state)
+    for a, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(state), strict=True):
+        assert (a.shape, a.dtype) == (s.shape, s.dtype) and a.sharding.mesh == mesh
+    specs = [str(a.sharding.spec) for a in jax.tree.leaves(abstract.params)]
+    assert any("fsdp" in spec for spec in specs)
