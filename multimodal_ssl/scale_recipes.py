@@ -9,19 +9,21 @@ recipe takes from where:
   with MAP pooling and no head (its width is the embedding size), text transformer of the
   same size pooling the last token, with a head to that size; text length 64 (16 for
   So400m/14 at 224); a 32k SentencePiece vocabulary (big_vision's ``c4_en``).
-- Images: ``resize(RES)|value_range(-1, 1)`` (no augmentation), as big_vision evaluates
-  and serves them. A /14 patch does not divide 256 or 384: big_vision's VALID patch
-  convolution ignores the last pixels of each row and column; here the image is resized
-  to RES and centre-cropped to the largest multiple of 14 (252, 378), the same patch grid
-  (18x18, 27x27) and the same position-embedding table as the released checkpoints.
-- Loss: sigmoid, ``t = log 10``, ``b = -10`` (paper, Sec. 3.2), ring implementation.
+- Images: ``resize(RES)|value_range(-1, 1)``, no augmentation (the released models'
+  preprocessing in big_vision's SigLIP colab). A /14 patch does not divide 256 or 384:
+  big_vision's VALID patch convolution ignores the last pixels of each row and column;
+  here the image is resized to RES and centre-cropped to the largest multiple of 14
+  (252, 378): the released checkpoints' patch grids (18x18, 27x27) and position tables.
+- Loss: sigmoid, ``t = log 10``, ``b = -10`` (the paper's initialisation), ring
+  implementation.
 - Optimization: batch 32k (32768, the paper's recommended size); Adam with
   ``b2 = 0.95`` (the paper's fix for large-batch instabilities), learning rate 1e-3,
   decoupled weight decay 1e-4, gradient clipping at norm 1, cosine decay after 20k
-  warmup steps, 40B examples (the schedule SigLIP 2, arXiv 2502.14786, reports for the
-  same recipe). big_vision applies weight decay as ``wd * schedule``, not scaled by the
-  learning rate; optax's ``adamw`` scales it by the learning rate, so its
-  ``weight_decay`` is ``1e-4 / 1e-3 = 0.1`` for the same update.
+  warmup steps, 40B examples (the schedule SigLIP 2, arXiv 2502.14786, reports for its
+  SigLIP base recipe; SigLIP's own runs vary in length: set ``total_steps``).
+  big_vision applies weight decay as ``wd * schedule``, not scaled by the learning
+  rate; optax's ``adamw`` scales it by the learning rate, so its ``weight_decay`` is
+  ``1e-4 / 1e-3 = 0.1`` for the same update.
 - Scale: bfloat16 compute (float32 params and optimizer state), ``scan`` over the layers
   (compiled once per tower), ``remat`` per :data:`MODELS`, a mesh of FSDP over every
   device (``mesh.fsdp = -1``, as big_vision shards these sizes; tensor parallelism,
@@ -32,8 +34,8 @@ recipe takes from where:
 The data and the tokenizer are not in the recipe: ``data.train`` (e.g.
 ``wds:/data/webli/{00000..09999}.tar``) and ``data.tokenizer``
 (``sentencepiece:/path/c4_en.model``) are :func:`config.required` and the run stops at
-start naming them until they are set. Measured per-device memory and the batch that
-fits each device size: ``experiments/scale_plan.md``.
+start naming them until they are set. Per-device memory (compiled on emulated CPU
+devices) and the batch that fits each device size: ``experiments/scale_plan.md``.
 """
 
 from __future__ import annotations
