@@ -27,7 +27,13 @@ INSTALL_REQUIRES = [
     "soxr>=0.5,<2",
 ]
 
+# Accelerator builds of jaxlib, through jax's own extras (same jax range as above): NVIDIA
+# GPUs with CUDA 12 or 13 (the CUDA libraries come as pip wheels; the host needs only the
+# NVIDIA driver), or Cloud TPU VMs (libtpu).
 EXTRAS_REQUIRE = {
+    "cuda12": ["jax[cuda12]>=0.10.2,<0.11"],
+    "cuda13": ["jax[cuda13]>=0.10.2,<0.11"],
+    "tpu": ["jax[tpu]>=0.10.2,<0.11"],
     "dev": [
         "pytest>=9.0,<10",
         "ruff==0.17.6",
@@ -50,7 +56,7 @@ setup(
     packages=find_packages(include=["multimodal_ssl", "multimodal_ssl.*"]),
     # The benchmarks' class names and prompt templates (multimodal_ssl/evals/benchmarks).
     package_data={"multimodal_ssl.evals.benchmarks": ["*.json"]},
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
 )

@@ -7,7 +7,14 @@ The default trains on the built-in ``generated:shapes`` data in a few CPU minute
 evaluates zero-shot (shape+colour classes) and retrieval on held-out scenes.
 Variants: ``tiny`` (seconds; used by the tests); ``probes`` (adds k-NN and linear-probe
 evals, e.g. ``python -m multimodal_ssl.evaluate --config=configs/siglip.py:probes
---checkpoint=/tmp/siglip`` on the default run's checkpoint).
+--checkpoint=/tmp/siglip`` on the default run's checkpoint). Paper scale (WebDataset
+input, a SentencePiece tokenizer, batch 32k; ``multimodal_ssl/scale_recipes.py``):
+``B16``, ``L16``, ``So400m14``, optionally at a resolution: ``B16_256``, ``L16_384``,
+``So400m14_224`` (224, 256 or 384), e.g.
+
+    python -m multimodal_ssl.main --config=configs/siglip.py:B16 --workdir=/mnt/shared/siglip \
+        --config.data.train='wds:/data/webli/{00000..09999}.tar' \
+        --config.data.tokenizer=sentencepiece:/data/c4_en.model
 """
 
 import ml_collections
@@ -15,9 +22,12 @@ import ml_collections
 from multimodal_ssl.config import base_config, set_towers
 from multimodal_ssl.losses.objectives import objective_config
 from multimodal_ssl.recipes import apply_tiny, shapes_evals, shapes_probe_evals, use_muon
+from multimodal_ssl.scale_recipes import paper_config, variant_names
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    if arg in variant_names():  # paper scale: B16, L16_384, So400m14_224, ...
+        return paper_config(arg)
     config = base_config()
     config.seed = 0
     config.total_steps = 400  # ~5 min on 2 CPU cores

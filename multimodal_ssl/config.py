@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from collections.abc import Mapping
 from typing import Any
 
@@ -50,6 +51,8 @@ _OPEN_SUBTREES = (
 _MOVED = {"model.t_init": "loss.t_init", "model.b_init": "loss.b_init"}
 # Modalities whose tower is also reachable under its old key (model.image, model.text).
 _ALIASES = ("image", "text")
+# Prefix of the value of a key that a recipe leaves for the user to set (see required()).
+_REQUIRED = "<required>"
 
 def base_config() -> ml_collections.ConfigDict:
     """All keys with their defaults; a recipe overrides values, never adds keys."""
@@ -177,6 +180,26 @@ def set_towers(config: ml_collections.ConfigDict, towers: Mapping[str, Any]) -> 
         config.model[modality] = config.model.towers.get(modality)
 
 
+def required(example: str) -> str:
+    """The value of a string key that a recipe cannot choose for the user (a data path, a
+    tokenizer file): :func:`validate` stops at start, naming every such key and its
+    ``example`` (``config.data.tokenizer: required by this recipe; set, e.g.
+    --config.data.tokenizer=sentencepiece:/data/c4_en.model``)."""
+    return f"{_REQUIRED} {example}"
+
+
+def _required_keys(cfg: Mapping[str, Any], path: str) -> list[tuple[str, str]]:
+    """``[(dotted key, example)]`` of the keys still holding a :func:`required` value."""
+    out = []
+    for key, value in cfg.items():
+        sub = f"{path}.{key}" if path else key
+        if _is_dict(value):
+            out += _required_keys(value, sub)
+        elif isinstance(value, str) and value.startswith(_REQUIRED):
+            out.append((sub, value[len(_REQUIRED) :].strip()))
+    return out
+
+
 def parse_init_towers(spec: str) -> tuple[str, ...]:
     """``model.init_towers`` ``"img,t"`` -> ``("img", "t")``; ValueError naming the key."""
     towers = tuple(s.strip() for s in spec.split(",") if s.strip())
@@ -297,6 +320,11 @@ def _check_views(config: ml_collections.ConfigDict) -> None:
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first bad key or value in ``config``."""
     _check_keys(config, base_config(), "")
+    missing = _required_keys(config, "")
+    if missing:
+        keys = " and ".join(f"config.{k}" for k, _ in missing)
+        flags = " ".join(shlex.quote(f"--config.{k}={example}") for k, example in missing)
+        raise ValueError(f"{keys}: required by this recipe; set, e.g. {flags}")
     for key in ("total_steps", "batch_size", "log_every_steps"):
         _check_positive(key, config[key])
     for key in ("image_size", "max_text_len"):

@@ -19,6 +19,7 @@ from jax.sharding import Mesh
 
 from multimodal_ssl import gradcache
 from multimodal_ssl.losses.objectives import Objective
+from multimodal_ssl.models.common import batch_sharded_activations
 from multimodal_ssl.models.towers import MultiTower
 from multimodal_ssl.optim import merge_params, partition_frozen
 from multimodal_ssl.sharding import (
@@ -59,6 +60,29 @@ def fresh_health() -> dict[str, jax.Array]:
     return {"skipped": zero, "streak": zero, "first_bad": zero - 1, "what": zero}
 
 
+def _state_init_fn(
+    model: MultiTower,
+    objective: Objective,
+    tx: optax.GradientTransformation,
+    inputs: Mapping[str, jax.ShapeDtypeStruct],
+) -> Callable[[jax.Array, dict[str, Any]], TrainState]:
+    """``init_fn(rng, imported) -> TrainState``: the towers (initialised on zeros shaped
+    like ``inputs``), the objective's scalars, ``imported`` subtrees over them."""
+    dummy = {m: jnp.zeros(s.shape, s.dtype) for m, s in inputs.items()}
+
+    def init_fn(rng, imported):
+        params = {**model.init(rng, dummy)["params"], **objective.init_params(), **imported}
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            rng=jax.random.key_data(jax.random.fold_in(rng, 1)),
+            health=fresh_health(),
+        )
+
+    return init_fn
+
+
 def init_state(
     model: MultiTower,
     objective: Objective,
@@ -73,22 +97,31 @@ def init_state(
     shardings. ``imported``: top-level subtrees (``{"img": ...}``, from
     ``pretrained.init_from_config``) that replace the random ones."""
     imported = imported or {}
-    dummy = {m: jnp.zeros(s.shape, s.dtype) for m, s in inputs.items()}
-
-    def init_fn(rng, imported):
-        params = {**model.init(rng, dummy)["params"], **objective.init_params(), **imported}
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            opt_state=tx.init(params),
-            rng=jax.random.key_data(jax.random.fold_in(rng, 1)),
-            health=fresh_health(),
-        )
-
+    init_fn = _state_init_fn(model, objective, tx, inputs)
     rng = jax.random.key(config.seed)
     abstract = jax.eval_shape(init_fn, rng, imported)
     shardings = state_shardings(abstract, mesh, config.sharding)
     return jax.jit(init_fn, out_shardings=shardings)(rng, imported)
+
+
+def abstract_state(
+    model: MultiTower,
+    objective: Objective,
+    tx: optax.GradientTransformation,
+    config: ml_collections.ConfigDict,
+    mesh: Mesh,
+    inputs: Mapping[str, jax.ShapeDtypeStruct],
+) -> TrainState:
+    """The state :func:`init_state` would make, as ``jax.ShapeDtypeStruct`` leaves with
+    their shardings; nothing is allocated (for compile-only memory plans:
+    ``make_train_step(..., abstract_state(...)).lower(state, batch).compile()``)."""
+    abstract = jax.eval_shape(
+        _state_init_fn(model, objective, tx, inputs), jax.random.key(config.seed), {}
+    )
+    shardings = state_shardings(abstract, mesh, config.sharding)
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings
+    )
 
 
 def state_shardings(state: TrainState, mesh: Mesh, cfg: ml_collections.ConfigDict) -> Any:
@@ -150,9 +183,10 @@ def make_train_step(
             rng = jax.random.fold_in(step_rng, inputs[_MICRO][0])
             x = {m: inputs[m] for m in modalities}
             variables = {"params": merge_params(params, frozen)}
-            return model.apply(
-                variables, x, train=True, normalize=objective.unit_rows, rngs={"dropout": rng}
-            )
+            with batch_sharded_activations(batch_sharding(mesh)):
+                return model.apply(
+                    variables, x, train=True, normalize=objective.unit_rows, rngs={"dropout": rng}
+                )
 
         def loss_fn(params, emb):
             # Objectives that sample (Symile's shuffled negatives) get their own stream.

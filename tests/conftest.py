@@ -1,7 +1,9 @@
 """Test-wide setup: 8 emulated CPU devices, so meshes of 1..8 devices can be built.
 
-XLA_FLAGS must be set before jax is imported anywhere; single-device tests simply
-use a 1-device mesh (``jax.devices()[:1]``).
+XLA_FLAGS and JAX_PLATFORMS must be set before jax is imported anywhere; single-device
+tests simply use a 1-device mesh (``jax.devices()[:1]``). The suite is pinned to the CPU
+platform, so it runs (and compares numbers) the same on a host with a GPU or TPU; the
+subprocesses the tests start inherit both variables.
 """
 
 import os
@@ -9,9 +11,10 @@ import os
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
+os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import pytest  # noqa: E402  (after XLA_FLAGS)
+import pytest  # noqa: E402  (after XLA_FLAGS, JAX_PLATFORMS)
 
 
 @pytest.fixture

@@ -13,8 +13,10 @@ activations. LayerNorm statistics and attention softmax are computed in float32.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -48,6 +50,61 @@ REMAT_POLICIES: dict[str, Any] = {
     "dots": jax.checkpoint_policies.dots_saveable,  # keep matmul outputs
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
+
+
+# Sharding of the batch axis of activations while a train step is traced (None: left to
+# XLA). Set by :func:`batch_sharded_activations`, read by :func:`constrain_batch`.
+_ACTIVATION_SHARDING: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "activation_sharding", default=None
+)
+
+
+@contextlib.contextmanager
+def batch_sharded_activations(sharding: jax.sharding.NamedSharding) -> Iterator[None]:
+    """Within this context (around ``model.apply`` inside a jitted step), the encoder
+    blocks' activations ``[b, ...]`` keep their rows split like ``sharding``'s leading
+    dimension (the batch axes); their other dimensions are left to XLA (tensor parallel
+    splits the MLP hidden and the heads). Without it XLA may follow FSDP-sharded weights
+    instead and hold the whole global batch's activations on every device."""
+    token = _ACTIVATION_SHARDING.set(sharding)
+    try:
+        yield
+    finally:
+        _ACTIVATION_SHARDING.reset(token)
+
+
+def constrain_batch(x: jnp.ndarray) -> jnp.ndarray:
+    """``x`` [b, ...] with its rows constrained to the batch axes of the enclosing
+    :func:`batch_sharded_activations` (unchanged outside one)."""
+    sharding = _ACTIVATION_SHARDING.get()
+    if sharding is None:
+        return x
+    free = jax.sharding.PartitionSpec.UNCONSTRAINED
+    spec = jax.sharding.PartitionSpec(sharding.spec[0], *([free] * (x.ndim - 1)))
+    return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(sharding.mesh, spec))
+
+
+def constrain_replicated(x: jnp.ndarray) -> jnp.ndarray:
+    """``x`` whole on every device inside :func:`batch_sharded_activations` (all-gathered
+    from its FSDP shards; unchanged outside one)."""
+    sharding = _ACTIVATION_SHARDING.get()
+    if sharding is None:
+        return x
+    whole = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    return jax.lax.with_sharding_constraint(x, whole)
+
+
+class Embed(nn.Embed):
+    """``nn.Embed`` (same params) whose lookup, inside :func:`batch_sharded_activations`,
+    uses the whole table on every device: ids [b, L] -> [b, L, features], rows split over
+    the batch axes. (XLA otherwise looks up the global batch's ids in each device's
+    vocabulary shard and sums the results: a [B, L, features] buffer per device.)"""
+
+    def __call__(self, inputs: jnp.ndarray) -> jnp.ndarray:
+        if not jnp.issubdtype(inputs.dtype, jnp.integer):
+            raise ValueError(f"Embed: ids must be integers, got {inputs.dtype}")
+        (table,) = self.promote_dtype(self.embedding, dtype=self.dtype, inexact=False)
+        return constrain_batch(jnp.take(constrain_replicated(table), inputs, axis=0))
 
 
 def _lookup_variant(name: str) -> tuple[int, int, int, int]:
@@ -202,7 +259,7 @@ class MultiHeadAttention(nn.Module):
         q = q / jnp.sqrt(head_dim).astype(dt)
         logits = jnp.einsum("bqhc,bkhc->bhqk", q, k)
         weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(dt)
-        y = jnp.einsum("bhqk,bkhc->bqhc", weights, v)
+        y = constrain_batch(jnp.einsum("bhqk,bkhc->bqhc", weights, v))
         return jnp.einsum("bqhc,hcd->bqd", y, out_kernel.astype(dt)) + out_bias.astype(dt)
 
 
@@ -240,7 +297,7 @@ class MlpBlock(nn.Module):
         }
         d = x.shape[-1]
         x = nn.Dense(self.mlp_dim, dtype=self.dtype, name="Dense_0", **inits)(x)
-        x = nn.gelu(x, approximate=self.gelu_approximate)
+        x = nn.gelu(constrain_batch(x), approximate=self.gelu_approximate)
         x = nn.Dropout(rate=self.dropout)(x, deterministic=not train)
         return nn.Dense(d, dtype=self.dtype, name="Dense_1", **inits)(x)
 
@@ -266,10 +323,11 @@ class EncoderBlock(nn.Module):
     def __call__(
         self, x: jnp.ndarray, *, train: bool = False, depth_scale: float | jax.Array = 1.0
     ) -> jnp.ndarray:
+        x = constrain_batch(x)
         y = layer_norm(self.dtype, "LayerNorm_0")(x)
         y = attention(self.num_heads, self.dtype, "MultiHeadDotProductAttention_0")(y, y)
         y = nn.Dropout(rate=self.dropout)(y, deterministic=not train)
-        x = x + self._drop_path(y, depth_scale, train)
+        x = constrain_batch(x + self._drop_path(y, depth_scale, train))
         y = layer_norm(self.dtype, "LayerNorm_1")(x)
         y = MlpBlock(
             self.mlp_dim, self.gelu_approximate, self.dropout, self.dtype, name="MlpBlock_0"
@@ -360,7 +418,7 @@ class Encoder(nn.Module):
         else:
             for i in range(self.depth):
                 x, _ = block(*args, name=f"encoderblock_{i}")(x, float(scales[i]), train)
-        return layer_norm(self.dtype, "encoder_norm")(x)
+        return layer_norm(self.dtype, "encoder_norm")(constrain_batch(x))
 
 
 class MAPHead(nn.Module):

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from multimodal_ssl.models.common import (
+    Embed,
     add_learned_positions,
     compute_dtype,
     encode_and_pool,
@@ -82,7 +83,7 @@ class TextTransformer(nn.Module):
                 f"TextTransformer: text length {text.shape[1]} exceeds max_len {self.max_len}"
             )
 
-        x = nn.Embed(self.vocab_size, width, dtype=dtype, name="Embed_0")(text)
+        x = Embed(self.vocab_size, width, dtype=dtype, name="Embed_0")(text)
         x = add_learned_positions(self, x, self.max_len, dtype, train=train)
 
         return encode_and_pool(self, x, sizes, dtype, train=train, name="Encoder_0")
