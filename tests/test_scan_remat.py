@@ -105,7 +105,9 @@ def test_scan_and_remat_give_the_same_loss_and_gradient():
 
 
 def test_unknown_remat_policy_is_rejected():
-    with pytest.raises(ValueError, match="Encoder.remat: 'everything' is not one of"):
+    with pytest.raises(
+        ValueError, match=r"config\.model\.towers\.image\.remat: 'everything' is not one of"
+    ):
         jax.eval_shape(_model(remat="everything").init, KEY, _inputs())
 
 
