@@ -4,6 +4,7 @@ on a random ``Siglip2Model`` (no download); the position-embedding resize equals
 (value and gradient); one compilation for mixed sizes; ``preprocess`` equals transformers'
 image processor."""
 
+import functools
 import json
 import shutil
 
@@ -24,6 +25,7 @@ from transformers.models.siglip2.modeling_siglip2 import Siglip2VisionEmbeddings
 from multimodal_ssl import pretrained
 from multimodal_ssl.data import naflex
 from multimodal_ssl.models.naflex import resize_posemb
+from multimodal_ssl.models.vit import ViT
 
 PATCH = 4
 GRID = 4  # 16 learned positions
@@ -183,6 +185,8 @@ def test_preprocess_equals_transformers_processor(enc):
 def test_bad_inputs_name_the_problem(hf_dir, tmp_path, enc):
     with pytest.raises(ValueError, match=r"images\[1\]: expected float \[H, W, 3\]"):
         enc.embed_images([np.zeros((8, 8, 3)), np.zeros((8, 8))])
+    with pytest.raises(ValueError, match="max_num_patches: 0 needs"):
+        pretrained.load(str(hf_dir), max_num_patches=0)
     folder = tmp_path / "bad"
     shutil.copytree(hf_dir, folder)
     config = json.loads((folder / "config.json").read_text())
@@ -190,3 +194,38 @@ def test_bad_inputs_name_the_problem(hf_dir, tmp_path, enc):
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="patch_embedding.weight: shape"):
         pretrained.load(str(folder))
+
+
+def test_naflex_vit_on_the_full_grid_equals_the_image_path():
+    """NaFlex input of the position grid's size, padded with junk patches, = the image
+    path for every pooling (``map`` under ``scan``): the resize is then the identity and
+    padding is ignored. One compilation for all."""
+    image = np.random.default_rng(0).normal(size=(2, 12, 12, 3)).astype(np.float32)
+    patches = np.stack([naflex.patchify(x, 4) for x in image])
+    naflex_input = {
+        "patches": np.concatenate([patches, np.full((2, 3, 48), 5.0, np.float32)], axis=1),
+        "mask": np.arange(12)[None].repeat(2, 0) < 9,
+        "spatial_shapes": np.full((2, 2), 3, np.int32),
+    }
+    kwargs = {"variant": "mu/4", "num_classes": 8, "naflex_positions": 9}
+    vits = {pool: ViT(pool=pool, scan=pool == "map", **kwargs) for pool in ("map", "gap", "tok")}
+    rng = np.random.default_rng(1)  # random params without compiling the initialisers
+    params = {
+        pool: jax.tree.map(
+            lambda a: rng.normal(0, 0.3, a.shape).astype(np.float32),
+            jax.eval_shape(vit.init, jax.random.key(0), image),
+        )
+        for pool, vit in vits.items()
+    }
+
+    @jax.jit
+    def both_paths(params):
+        out = {}
+        for pool, vit in vits.items():
+            loss = functools.partial(lambda v, p, x: jnp.sum(jnp.sin(v.apply(p, x))), vit)
+            out[pool] = (loss(params[pool], image), loss(params[pool], naflex_input))
+        return out
+
+    for pool, (want, got) in both_paths(params).items():
+        close = functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-5, err_msg=pool)
+        jax.tree.map(close, got, want)
