@@ -50,7 +50,6 @@ _MOVED = {"model.t_init": "loss.t_init", "model.b_init": "loss.b_init"}
 # Modalities whose tower is also reachable under its old key (model.image, model.text).
 _ALIASES = ("image", "text")
 
-
 def base_config() -> ml_collections.ConfigDict:
     """All keys with their defaults; a recipe overrides values, never adds keys."""
     c = ml_collections.ConfigDict()
@@ -363,7 +362,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_positive("train.spike_window", config.train.spike_window)
     if config.train.spike_factor != 0 and not config.train.spike_factor > 1:
         raise ValueError(
-            f"config.train.spike_factor: must be > 1 (or 0: off), got {config.train.spike_factor!r}"
+            f"config.train.spike_factor: must be > 1 (or 0: off), got "
+            f"{config.train.spike_factor!r}"
         )
     if config.profile.start_step is not None:
         _check_positive("profile.start_step", config.profile.start_step)

@@ -81,7 +81,9 @@ def checkpoint_root(path: str) -> tuple[str, int | None]:
     )
 
 
-def load_params(exp: Experiment, path: str, step: int | None = None) -> tuple[Any, int]:
+def load_params(
+    exp: Experiment, path: str, step: int | None = None
+) -> tuple[Any, int]:
     """The towers' params of a training checkpoint (the newest step, or ``step``, or the
     step folder ``path`` names) for the model of ``exp``, restored straight into the param
     shardings of ``config.sharding`` on its mesh (the objective's scalars, optimizer state

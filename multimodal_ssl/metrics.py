@@ -91,10 +91,7 @@ class Progress:
         self._bar = None
         if jax.process_index() == 0:
             self._bar = tqdm.tqdm(
-                total=total_steps,
-                initial=initial_step,
-                unit="step",
-                dynamic_ncols=True,
+                total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True,
                 mininterval=2.0,
             )
         self._last_step = initial_step
@@ -105,10 +102,7 @@ class Progress:
         self._bar.update(step - self._last_step)
         self._bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
         logging.log_every_n_seconds(
-            logging.INFO,
-            "step %d: %s",
-            30,
-            step,
+            logging.INFO, "step %d: %s", 30, step,
             ", ".join(f"{k}={v:.4g}" for k, v in postfix.items()),
         )
         self._last_step = step

@@ -73,12 +73,10 @@ CLASS_KINDS = ("shape_color", "shape", "color")
 LABEL_KINDS = {"label": "shape_color", "shape_label": "shape", "color_label": "color"}
 KIND_TEMPLATES = {
     "shape_color": TEMPLATES,
-    "shape": tuple(
-        f"a {size} {color} {{}} {p}" for size in SIZES for color in COLORS for p in PHRASES
-    ),
-    "color": tuple(
-        f"a {size} {{}} {shape} {p}" for size in SIZES for shape in SHAPES for p in PHRASES
-    ),
+    "shape": tuple(f"a {size} {color} {{}} {p}" for size in SIZES for color in COLORS
+                   for p in PHRASES),
+    "color": tuple(f"a {size} {{}} {shape} {p}" for size in SIZES for shape in SHAPES
+                   for p in PHRASES),
 }
 _MAX_ATTEMPTS = 10_000  # rejection-sampling attempts before giving up on a split
 

@@ -93,11 +93,8 @@ def main(argv: list[str]) -> None:
             _fail(str(e), 2)
     failed = [n for n, o in outcomes.items() if o != "finished"]
     if failed and stopped_by is None:
-        _fail(
-            f"{len(failed)} of {len(runs)} runs did not finish: "
-            + "; ".join(f"{n}: {outcomes[n]}" for n in failed),
-            1,
-        )
+        _fail(f"{len(failed)} of {len(runs)} runs did not finish: " + "; ".join(
+            f"{n}: {outcomes[n]}" for n in failed), 1)
 
 
 if __name__ == "__main__":

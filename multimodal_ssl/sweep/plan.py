@@ -213,5 +213,7 @@ def plan(spec: str, workdir: str, cli_overrides: Sequence[str] = ()) -> list[Run
             validate(config)
         except ValueError as e:
             raise ValueError(f"run {name}: {e}") from None
-        runs.append(Run(name, run_dir, dict(point), args, config.total_steps, tuple(config.evals)))
+        runs.append(
+            Run(name, run_dir, dict(point), args, config.total_steps, tuple(config.evals))
+        )
     return runs

@@ -49,16 +49,17 @@ def curves(rows: Sequence[Row], x_key: str, metric: str) -> dict[str, list[tuple
     pooled: dict[str, dict] = {}
     for r in rows:
         if metric in r.final and x_key in r.overrides:
-            label = ", ".join(f"{k[len(PREFIX) :]}={r.overrides.get(k)}" for k in others)
-            pooled.setdefault(label, {}).setdefault(r.overrides[x_key], []).append(r.final[metric])
+            label = ", ".join(f"{k[len(PREFIX):]}={r.overrides.get(k)}" for k in others)
+            pooled.setdefault(label, {}).setdefault(r.overrides[x_key], []).append(
+                r.final[metric]
+            )
     out = {}
     for label, points in pooled.items():
         xs = list(points)
         if all(isinstance(x, int | float) and not isinstance(x, bool) for x in xs):
             xs.sort()
-        out[label] = [
-            (x, sum(points[x]) / len(points[x]), min(points[x]), max(points[x])) for x in xs
-        ]
+        out[label] = [(x, sum(points[x]) / len(points[x]), min(points[x]), max(points[x]))
+                      for x in xs]
     return out
 
 
@@ -79,9 +80,7 @@ def plot(rows: Sequence[Row], x_key: str, metric: str, workdir: str) -> str:
             [position[x] for x, *_ in points],
             [mean for _, mean, _, _ in points],
             yerr=[[m - lo for _, m, lo, _ in points], [hi - m for _, m, _, hi in points]],
-            marker="o",
-            capsize=3,
-            label=label or metric,
+            marker="o", capsize=3, label=label or metric,
         )
     if numeric and min(xs) > 0 and max(xs) / min(xs) >= 8:
         ax.set_xscale("log", base=2 if all(isinstance(x, int) for x in xs) else 10)
@@ -94,7 +93,7 @@ def plot(rows: Sequence[Row], x_key: str, metric: str, workdir: str) -> str:
     if len(lines) > 1:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    safe = re.sub(r"[^A-Za-z0-9._@-]", "_", f"plot_{metric}_vs_{x_key[len(PREFIX) :]}")
+    safe = re.sub(r"[^A-Za-z0-9._@-]", "_", f"plot_{metric}_vs_{x_key[len(PREFIX):]}")
     path = os.path.join(workdir, safe + ".png")
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -76,13 +76,8 @@ def collect(run: Run) -> Row:
     else:
         status = "incomplete" if metrics else "not started"
     return Row(
-        run.name,
-        status,
-        run.overrides,
-        max(trained) if trained else None,
-        _wall_seconds(run.workdir),
-        final,
-        best,
+        run.name, status, run.overrides, max(trained) if trained else None,
+        _wall_seconds(run.workdir), final, best,
     )
 
 
@@ -111,25 +106,14 @@ def write(rows: Sequence[Row], workdir: str) -> tuple[str, str]:
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(
-            [
-                "name",
-                "status",
-                *keys,
-                "steps",
-                "wall_s",
-                *(c for m in metrics for c in (m, f"{m}:best")),
-            ]
+            ["name", "status", *keys, "steps", "wall_s",
+             *(c for m in metrics for c in (m, f"{m}:best"))]
         )
         for r in rows:
             writer.writerow(
-                [
-                    r.name,
-                    r.status,
-                    *(_cell(r.overrides.get(k)) for k in keys),
-                    _cell(r.steps),
-                    _cell(r.wall_s),
-                    *(_cell(d.get(m)) for m in metrics for d in (r.final, r.best)),
-                ]
+                [r.name, r.status, *(_cell(r.overrides.get(k)) for k in keys),
+                 _cell(r.steps), _cell(r.wall_s),
+                 *(_cell(d.get(m)) for m in metrics for d in (r.final, r.best))]
             )
     md_path = os.path.join(workdir, "summary.md")
     header = ["run", "status", *(k[len(PREFIX) :] for k in keys), "steps", "wall s", *metrics]
@@ -138,13 +122,8 @@ def write(rows: Sequence[Row], workdir: str) -> tuple[str, str]:
         "|" + "---|" * len(header),
     ]
     for r in rows:
-        cells = [
-            r.name,
-            r.status,
-            *(_cell(r.overrides.get(k)) for k in keys),
-            _cell(r.steps),
-            "" if r.wall_s is None else f"{r.wall_s:.0f}",
-        ]
+        cells = [r.name, r.status, *(_cell(r.overrides.get(k)) for k in keys),
+                 _cell(r.steps), "" if r.wall_s is None else f"{r.wall_s:.0f}"]
         for m in metrics:
             final, best = _short(r.final.get(m)), _short(r.best.get(m))
             cells.append(f"{final} ({best})" if best else final)
