@@ -63,11 +63,12 @@ class PretrainedEncoder:
         self.image_size = checkpoint.image_size
         self.max_text_len = checkpoint.max_text_len
         self.source = checkpoint.source
-        if max_num_patches is not None and (not checkpoint.max_num_patches or max_num_patches < 1):
+        if max_num_patches is not None and not checkpoint.max_num_patches:
             raise ValueError(
-                f"max_num_patches: {max_num_patches} needs a NaFlex (SigLIP 2) checkpoint and a "
-                f"value >= 1; {self.source} is {'' if checkpoint.max_num_patches else 'not '}one"
+                f"max_num_patches: {self.source} is not a NaFlex (SigLIP 2) checkpoint"
             )
+        if max_num_patches is not None and max_num_patches < 1:
+            raise ValueError(f"max_num_patches: must be >= 1, got {max_num_patches}")
         self.max_num_patches = max_num_patches or checkpoint.max_num_patches
         self.tokenizer = tokenizer
         self.model = checkpoint.build_model(dtype)

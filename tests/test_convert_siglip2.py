@@ -185,7 +185,7 @@ def test_preprocess_equals_transformers_processor(enc):
 def test_bad_inputs_name_the_problem(hf_dir, tmp_path, enc):
     with pytest.raises(ValueError, match=r"images\[1\]: expected float \[H, W, 3\]"):
         enc.embed_images([np.zeros((8, 8, 3)), np.zeros((8, 8))])
-    with pytest.raises(ValueError, match="max_num_patches: 0 needs"):
+    with pytest.raises(ValueError, match="max_num_patches: must be >= 1"):
         pretrained.load(str(hf_dir), max_num_patches=0)
     folder = tmp_path / "bad"
     shutil.copytree(hf_dir, folder)
