@@ -38,14 +38,17 @@ def resize_posemb(table: jnp.ndarray, spatial_shapes: jnp.ndarray, length: int) 
     -> f32 [b, length, d]: row ``k < h*w`` is the grid resized to (h, w) at
     (k // w, k % w); rows past ``h*w`` repeat row 0 (as transformers pads them).
     Computed in float32 at full matmul precision."""
-    n, d = table.shape[1:]
+    n = table.shape[1]
     side = math.isqrt(n)
     if side * side != n:
         raise ValueError(f"pos_embedding: {n} positions are not a square grid")
-    grid = table.reshape(side, side, d).astype(jnp.float32)
     h, w = spatial_shapes[:, :1], spatial_shapes[:, 1:]  # [b, 1]
     k = jnp.arange(length)[None]
     k = jnp.where(k < h * w, k, 0)  # [b, length]
     rows = antialias_weights(side, h, k // w)  # [b, length, G]
     cols = antialias_weights(side, w, k % w)  # [b, length, G]
-    return jnp.einsum("bka,bkc,acd->bkd", rows, cols, grid, precision=jax.lax.Precision.HIGHEST)
+    # Weights of every grid cell [b, length, G*G], then one matmul: no [b, length, G, d].
+    weights = (rows[..., :, None] * cols[..., None, :]).reshape(*k.shape, n)
+    return jnp.einsum(
+        "bkn,nd->bkd", weights, table[0].astype(jnp.float32), precision=jax.lax.Precision.HIGHEST
+    )
