@@ -37,6 +37,10 @@ class Embedder:
             )
             for m in self.modalities
         }
+        # NaFlex image dicts: one compilation per batch size, none per image size.
+        self.naflex_fn = jax.jit(
+            lambda p, x: model.apply({"params": p}, {"image": x})["image"], out_shardings=out
+        )
 
     def embed(self, modality: str, inputs: np.ndarray) -> np.ndarray:
         """inputs: [n, ...] one modality's model inputs -> f32 [n, d]."""
@@ -50,6 +54,17 @@ class Embedder:
             inputs = np.concatenate([inputs, pad])
         x = jax.device_put(inputs, batch_sharding(self._mesh))
         return np.asarray(self._fns[modality](self.params, x))[:n]
+
+    def padded_size(self, n: int) -> int:
+        """``n`` rounded up to a multiple of the batch shards."""
+        return -(-n // self._shards) * self._shards
+
+    def embed_naflex(self, inputs: dict[str, np.ndarray], n: int) -> np.ndarray:
+        """NaFlex image dict (``patches`` [B, N, p*p*C], ``mask`` [B, N],
+        ``spatial_shapes`` [B, 2]; B a multiple of the batch shards, see
+        :meth:`padded_size`) -> f32 [n, d] of its first ``n`` images."""
+        x = jax.device_put(inputs, batch_sharding(self._mesh))
+        return np.asarray(self.naflex_fn(self.params, x))[:n]
 
     def embed_fns(self) -> dict[str, EmbedFn]:
         """``{modality: inputs -> embeddings}`` for every tower (what evaluators take)."""

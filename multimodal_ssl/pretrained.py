@@ -1,5 +1,5 @@
-"""Pretrained two-tower encoders from imported SigLIP weights, and tower initialisation
-for training (``model.init_from``).
+"""Pretrained two-tower encoders from imported SigLIP / SigLIP 2 weights, and tower
+initialisation for training (``model.init_from``).
 
     from multimodal_ssl import pretrained
     enc = pretrained.load("/path/to/hf_siglip_dir")   # or a big_vision .npz
@@ -7,6 +7,12 @@ for training (``model.init_from``).
     zt = enc.embed_texts(token_ids)  # int [N, L], L <= enc.max_text_len
     logits = enc.logits(zi, zt)      # [N_img, N_txt] = zi @ zt.T * exp(t) + b
     enc.t, enc.b                     # log-scale and bias (floats)
+
+SigLIP 2 NaFlex (``Siglip2Model`` folders): ``embed_images`` takes a list of float
+``[H, W, 3]`` images of any sizes; an image whose sides are multiples of the patch with
+at most ``enc.max_num_patches`` patches is used as it is, others are first resized like
+transformers' processor does (``enc.preprocess``). Every image is padded to
+``max_num_patches`` patches with a mask, so one compiled function serves all sizes.
 
 Embeddings are float32 numpy ``[N, d]``, L2-normalised, computed jitted with the batch
 split over all devices (or the given mesh's batch axes). ``enc.params`` / ``enc.config``
@@ -26,6 +32,7 @@ from jax.sharding import Mesh
 
 from multimodal_ssl.config import parse_init_towers, set_towers
 from multimodal_ssl.convert import Checkpoint, check_params, checkpoint_tokenizer, load_checkpoint
+from multimodal_ssl.data import naflex
 from multimodal_ssl.data.tokenizers import Tokenizer
 from multimodal_ssl.embedder import Embedder
 from multimodal_ssl.models.layout import scan_layers
@@ -39,7 +46,7 @@ class PretrainedEncoder:
     Attributes: ``params`` (our image/text tree with ``t``, ``b``; f32 numpy), ``config``
     (``image``/``text`` tower kwargs, ``embed_dim``, ...), ``image_size`` (None for sin-cos
     position embeddings), ``max_text_len``, ``tokenizer`` (shipped with the checkpoint, or
-    None), ``model`` (the MultiTower).
+    None), ``model`` (the MultiTower), ``max_num_patches`` (NaFlex checkpoints; else None).
     """
 
     def __init__(
@@ -49,12 +56,20 @@ class PretrainedEncoder:
         dtype: str = "float32",
         mesh: Mesh | None = None,
         tokenizer: Tokenizer | None = None,
+        max_num_patches: int | None = None,
     ):
         self.params = checkpoint.params
         self.config = checkpoint.model
         self.image_size = checkpoint.image_size
         self.max_text_len = checkpoint.max_text_len
         self.source = checkpoint.source
+        if max_num_patches is not None and not checkpoint.max_num_patches:
+            raise ValueError(
+                f"max_num_patches: {self.source} is not a NaFlex (SigLIP 2) checkpoint"
+            )
+        if max_num_patches is not None and max_num_patches < 1:
+            raise ValueError(f"max_num_patches: must be >= 1, got {max_num_patches}")
+        self.max_num_patches = max_num_patches or checkpoint.max_num_patches
         self.tokenizer = tokenizer
         self.model = checkpoint.build_model(dtype)
         mesh = mesh or make_mesh({"data": -1})
@@ -71,8 +86,24 @@ class PretrainedEncoder:
         """Bias of the logits (``logit_bias``)."""
         return float(self.params["b"])
 
-    def embed_images(self, images: np.ndarray) -> np.ndarray:
-        """images: float [N, S, S, 3] in the model's value range -> f32 [N, d], unit rows."""
+    @property
+    def patch_size(self) -> int:
+        """Side of the image tower's (square) patches."""
+        return int(np.broadcast_to(self.config.image.patch_size, (2,))[0])
+
+    def preprocess(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """NaFlex: float [H, W, 3] images -> each resized (antialiased bilinear, aspect
+        kept) to the size transformers' ``Siglip2ImageProcessor`` gives it for the
+        patch budget (multiples of the patch, at most ``max_num_patches`` patches)."""
+        self._require_naflex("preprocess")
+        p, budget = self.patch_size, self.max_num_patches
+        return [naflex.resize_for_patches(x, p, budget) for x in naflex.check_images(images)]
+
+    def embed_images(self, images: np.ndarray | list[np.ndarray]) -> np.ndarray:
+        """images: float [N, S, S, 3] in the model's value range -> f32 [N, d], unit rows.
+        NaFlex: a list of float [H, W, 3] of any sizes (module doc)."""
+        if self.max_num_patches:
+            return self._embed_naflex(images)
         images = np.asarray(images)
         side = self.image_size
         if (
@@ -85,6 +116,20 @@ class PretrainedEncoder:
                 f"got {images.dtype}{images.shape}"
             )
         return self._embedder.embed_images(images.astype(np.float32))
+
+    def _embed_naflex(self, images: np.ndarray | list[np.ndarray]) -> np.ndarray:
+        p, budget = self.patch_size, self.max_num_patches
+        images = [
+            x if naflex.fits(x, p, budget) else naflex.resize_for_patches(x, p, budget)
+            for x in naflex.check_images(images)
+        ]
+        batch = self._embedder.padded_size(len(images))
+        inputs = naflex.batch_patches(images, p, budget, batch)
+        return self._embedder.embed_naflex(inputs, len(images))
+
+    def _require_naflex(self, what: str) -> None:
+        if not self.max_num_patches:
+            raise ValueError(f"{what}: {self.source} is not a NaFlex (SigLIP 2) checkpoint")
 
     def embed_texts(self, token_ids: np.ndarray) -> np.ndarray:
         """token_ids: int [N, L] (L <= max_text_len, ids < vocab) -> f32 [N, d], unit rows."""
@@ -121,17 +166,21 @@ def load(
     dtype: str = "float32",
     mesh: Mesh | None = None,
     tokenizer: Tokenizer | None = None,
+    max_num_patches: int | None = None,
 ) -> PretrainedEncoder:
-    """Loads a transformers SigLIP folder or a big_vision two-tower ``.npz``.
+    """Loads a transformers SigLIP / SigLIP 2 NaFlex folder or a big_vision ``.npz``.
 
     ``dtype``: compute dtype. ``mesh``: where to run (default: every device, batch
     split over them). ``tokenizer``: overrides the one found next to the weights
     (``spiece.model`` or ``tokenizer.json``; a ``.npz`` ships none).
+    ``max_num_patches``: NaFlex patch budget per image (default: the checkpoint's).
     """
     checkpoint = load_checkpoint(path)
     if tokenizer is None:
         tokenizer = checkpoint_tokenizer(path, checkpoint.max_text_len)
-    return PretrainedEncoder(checkpoint, dtype=dtype, mesh=mesh, tokenizer=tokenizer)
+    return PretrainedEncoder(
+        checkpoint, dtype=dtype, mesh=mesh, tokenizer=tokenizer, max_num_patches=max_num_patches
+    )
 
 
 def init_from_config(

@@ -40,7 +40,8 @@ class Checkpoint:
     ``image``, ``text``, ``embed_dim``, ``t_init``, ``b_init``; ``t_init``/``b_init`` are
     the imported values). ``image_size``: input side the image tower was trained at
     (None for fixed sin-cos position embeddings). ``max_text_len``: text positions.
-    ``source``: the path it was read from.
+    ``source``: the path it was read from. ``max_num_patches``: for a NaFlex (SigLIP 2)
+    image tower, the patches each image is padded to (None: fixed-resolution tower).
     """
 
     params: dict[str, Any]
@@ -48,6 +49,7 @@ class Checkpoint:
     image_size: int | None
     max_text_len: int
     source: str
+    max_num_patches: int | None = None
 
     def build_model(self, dtype: str = "float32") -> MultiTower:
         """The image/text :class:`MultiTower` these params belong to, computing in ``dtype``."""
@@ -98,7 +100,9 @@ def _head_dim(tower: Mapping[str, Any]) -> int | None:
     return int(tower["head"]["kernel"].shape[1]) if "head" in tower else None
 
 
-def _image_config(img: Mapping[str, Any], gelu_approximate: bool) -> tuple[dict, int | None]:
+def _image_config(
+    img: Mapping[str, Any], gelu_approximate: bool, naflex: bool
+) -> tuple[dict, int | None]:
     kernel = img["embedding"]["kernel"]  # [ph, pw, C, width]
     ph, pw, _, width = kernel.shape
     cfg = {
@@ -119,6 +123,10 @@ def _image_config(img: Mapping[str, Any], gelu_approximate: bool) -> tuple[dict,
                 f"grid of square patches {ph}x{pw}"
             )
         image_size = side * int(ph)
+        if naflex:
+            cfg["naflex_positions"] = int(img["pos_embedding"].shape[1])
+    elif naflex:
+        raise ValueError("img/pos_embedding: NaFlex needs learned position embeddings")
     return cfg, image_size
 
 
@@ -141,14 +149,16 @@ def checkpoint_from_params(
     *,
     gelu_approximate: bool = True,
     text_pool: str = "last",
+    max_num_patches: int | None = None,
 ) -> Checkpoint:
     """Infers the model config from ``params`` (our layout) and checks every shape.
+    ``max_num_patches``: set for a NaFlex image tower (see :class:`Checkpoint`).
 
     Raises ValueError naming ``source`` and the offending param paths.
     """
     try:
         params = unscan_layers(params)
-        image, image_size = _image_config(params["img"], gelu_approximate)
+        image, image_size = _image_config(params["img"], gelu_approximate, bool(max_num_patches))
         text = _text_config(params["txt"], gelu_approximate, text_pool)
         t, b = (np.asarray(params[k], np.float32).reshape(()) for k in ("t", "b"))
     except (KeyError, TypeError) as e:
@@ -172,7 +182,7 @@ def checkpoint_from_params(
     patch = np.broadcast_to(image["patch_size"], (2,))
     probe_size = image_size or math.lcm(*map(int, patch))  # any fitting size if sin-cos
     check_params(params, model_from_config(model), probe_size, source)
-    return Checkpoint(params, model, image_size, text["max_len"], source)
+    return Checkpoint(params, model, image_size, text["max_len"], source, max_num_patches)
 
 
 def expected_shapes(model: MultiTower, image_size: int) -> dict[str, tuple[int, ...]]:

@@ -1,4 +1,5 @@
-"""HuggingFace transformers SigLIP (``SiglipModel``) -> our two-tower params.
+"""HuggingFace transformers SigLIP (``SiglipModel``) and SigLIP 2 NaFlex (``Siglip2Model``)
+-> our two-tower params.
 
 Reads a local folder with ``config.json`` and ``model.safetensors`` (or sharded
 ``model.safetensors.index.json``); no torch and no transformers needed. Mapping
@@ -15,6 +16,12 @@ Reads a local folder with ``config.json`` and ``model.safetensors`` (or sharded
   ``txt/pos_embedding``, ``encoder.layers.{i}`` -> ``Encoder_0/encoderblock_{i}``,
   ``final_layer_norm`` -> ``Encoder_0/encoder_norm``, ``head`` -> ``txt/head``.
 - ``logit_scale`` -> ``t``, ``logit_bias`` -> ``b``.
+
+``Siglip2Model`` (``model_type`` "siglip2") differs only in the image embedding: a
+``Linear`` ``patch_embedding`` ``[d, p*p*C]`` over patches flattened as (row, col,
+channel), which is our conv kernel ``[p, p, C, d]`` reshaped, and a square position grid
+resized per image (``naflex_positions`` of the ViT). Images are padded to
+``max_num_patches`` patches: ``preprocessor_config.json``'s value, else the position count.
 
 transformers pools the text at the last position (``[:, -1]``, a pad token for short
 texts), as our ``pool="last"`` does; image tower: MAP head and no projection.
@@ -33,6 +40,8 @@ from multimodal_ssl.convert.common import Checkpoint, checkpoint_from_params
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+PREPROCESSOR_FILE = "preprocessor_config.json"
+MODEL_TYPES = ("siglip", "siglip2")
 # transformers' activation names -> our MlpBlock.gelu_approximate.
 _GELUS = {"gelu_pytorch_tanh": True, "gelu_new": True, "gelu_fast": True, "gelu": False}
 _SUPPORTED_LN_EPS = 1e-6  # our LayerNorms use big_vision's epsilon
@@ -127,7 +136,21 @@ def _encoder(w: _Tensors, prefix: str, heads: int) -> dict[str, Any]:
     return blocks
 
 
-def _image_tower(w: _Tensors, heads: int) -> dict[str, Any]:
+def _patch_kernel(w: _Tensors, cfg: dict[str, Any]) -> np.ndarray:
+    """Conv2d ``[d, C, p, p]`` or (SigLIP 2) Linear ``[d, p*p*C]`` -> ``[p, p, C, d]``."""
+    weight = w.pop("vision_model.embeddings.patch_embedding.weight")
+    if weight.ndim == 4:
+        return weight.transpose(2, 3, 1, 0)
+    p, c = int(cfg.get("patch_size", 16)), int(cfg.get("num_channels", 3))
+    if weight.shape[1] != p * p * c:
+        raise ValueError(
+            f"vision_model.embeddings.patch_embedding.weight: shape {weight.shape}, expected "
+            f"[d, {p * p * c}] for vision_config.patch_size {p}, num_channels {c}"
+        )
+    return weight.T.reshape(p, p, c, -1)
+
+
+def _image_tower(w: _Tensors, heads: int, cfg: dict[str, Any]) -> dict[str, Any]:
     v = "vision_model"
     encoder = _encoder(w, f"{v}.encoder", heads)
     encoder["encoder_norm"] = _layer_norm(w, f"{v}.post_layernorm")
@@ -136,7 +159,7 @@ def _image_tower(w: _Tensors, heads: int) -> dict[str, Any]:
     out = (w.pop(f"{v}.head.attention.out_proj.weight"), w.pop(f"{v}.head.attention.out_proj.bias"))
     return {
         "embedding": {
-            "kernel": w.pop(f"{v}.embeddings.patch_embedding.weight").transpose(2, 3, 1, 0),
+            "kernel": _patch_kernel(w, cfg),
             "bias": w.pop(f"{v}.embeddings.patch_embedding.bias"),
         },
         "pos_embedding": w.pop(f"{v}.embeddings.position_embedding.weight")[None],
@@ -178,26 +201,45 @@ def _tower_settings(cfg: dict[str, Any], name: str, source: str) -> tuple[int, b
 
 
 def load_hf(path: str) -> Checkpoint:
-    """Converts the transformers SigLIP checkpoint folder ``path``.
+    """Converts the transformers SigLIP / SigLIP 2 (NaFlex) checkpoint folder ``path``.
 
     Raises ValueError naming the folder and the key for anything unsupported.
     """
     with open(os.path.join(path, CONFIG_FILE)) as f:
         config = json.load(f)
-    if config.get("model_type") != "siglip":
+    model_type = config.get("model_type")
+    if model_type not in MODEL_TYPES:
         raise ValueError(
-            f"{path}/{CONFIG_FILE}: model_type {config.get('model_type')!r} is not 'siglip'"
+            f"{path}/{CONFIG_FILE}: model_type {model_type!r} is not one of {list(MODEL_TYPES)}"
         )
-    img_heads, img_gelu = _tower_settings(config.get("vision_config") or {}, "vision_config", path)
+    vision = config.get("vision_config") or {}
+    img_heads, img_gelu = _tower_settings(vision, "vision_config", path)
     txt_heads, txt_gelu = _tower_settings(config.get("text_config") or {}, "text_config", path)
     if img_gelu != txt_gelu:
         raise ValueError(f"{path}: the towers use different GELUs; not supported")
     w = _read_tensors(path)
     params = {
-        "img": _image_tower(w, img_heads),
+        "img": _image_tower(w, img_heads, vision),
         "txt": _text_tower(w, txt_heads),
         "t": w.pop("logit_scale"),
         "b": w.pop("logit_bias"),
     }
     w.check_consumed()
-    return checkpoint_from_params(params, path, gelu_approximate=img_gelu, text_pool="last")
+    max_patches = _max_num_patches(path, vision) if model_type == "siglip2" else None
+    return checkpoint_from_params(
+        params, path, gelu_approximate=img_gelu, text_pool="last", max_num_patches=max_patches
+    )
+
+
+def _max_num_patches(path: str, vision: dict[str, Any]) -> int:
+    """SigLIP 2: ``max_num_patches`` of ``preprocessor_config.json``, else
+    ``vision_config.num_patches`` (transformers' defaults: 256 both)."""
+    processor = os.path.join(path, PREPROCESSOR_FILE)
+    value = None
+    if os.path.isfile(processor):
+        with open(processor) as f:
+            value = json.load(f).get("max_num_patches")
+    value = value if value is not None else vision.get("num_patches", 256)
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{path}: max_num_patches {value!r} is not a positive int")
+    return value

@@ -13,6 +13,8 @@
 * :mod:`.shapes_audio`: the synthesised clips of ``generated:shapes``.
 * :mod:`.records`: bad-record errors, image decoding, caption checks, skip logging.
 * :mod:`.preprocess`: image ops from config strings (``data.pp_train`` / ``pp_eval``).
+* :mod:`.naflex`: NaFlex (SigLIP 2) inputs: patch-budget sizes, antialiased resize,
+  padded patch sequences with masks.
 * :mod:`.tokenizers`: ``get_tokenizer(spec, max_len)``; texts -> right-padded int32 rows
   (bytes, SentencePiece, HuggingFace tokenizer.json).
 * :mod:`.pipeline`: ``make_train_loader`` (shuffled, sharded, mixed, checkpointable

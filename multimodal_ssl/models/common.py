@@ -235,14 +235,18 @@ class MultiHeadAttention(nn.Module):
     faster on CPU than three thin ones (experiments/throughput.md). Softmax in float32.
 
     inputs_q: [b, q, d]; inputs_kv: [b, k, d] (pass the same array for self-attention)
-    -> [b, q, d] in ``dtype``. Tensor parallel: the ``heads`` axis may be sharded.
+    -> [b, q, d] in ``dtype``. ``mask``: optional bool [b, k], False for keys to ignore
+    (padded NaFlex patches); None attends to every key. Tensor parallel: the ``heads``
+    axis may be sharded.
     """
 
     num_heads: int
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, inputs_q: jnp.ndarray, inputs_kv: jnp.ndarray) -> jnp.ndarray:
+    def __call__(
+        self, inputs_q: jnp.ndarray, inputs_kv: jnp.ndarray, mask: jnp.ndarray | None = None
+    ) -> jnp.ndarray:
         d = inputs_q.shape[-1]
         heads, head_dim = self.num_heads, d // self.num_heads
         qkv = [
@@ -258,7 +262,10 @@ class MultiHeadAttention(nn.Module):
             k, v = _project(inputs_kv.astype(dt), qkv[1:], dt)
         q = q / jnp.sqrt(head_dim).astype(dt)
         logits = jnp.einsum("bqhc,bkhc->bhqk", q, k)
-        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(dt)
+        logits = logits.astype(jnp.float32)
+        if mask is not None:
+            logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+        weights = jax.nn.softmax(logits, axis=-1).astype(dt)
         y = constrain_batch(jnp.einsum("bhqk,bkhc->bqhc", weights, v))
         return jnp.einsum("bqhc,hcd->bqd", y, out_kernel.astype(dt)) + out_bias.astype(dt)
 
@@ -305,7 +312,8 @@ class MlpBlock(nn.Module):
 class EncoderBlock(nn.Module):
     """Pre-LN block: ``x + MHA(LN(x))``, then ``x + MLP(LN(x))``. x: [b, l, d] -> same.
 
-    Bidirectional (no mask), as in SigLIP's towers. ``stochastic_depth`` p > 0 with
+    Bidirectional, as in SigLIP's towers; ``mask`` (bool [b, l], optional) hides padded
+    tokens from the attention (NaFlex). ``stochastic_depth`` p > 0 with
     ``train=True`` (drop-path, Huang et al. 2016): each residual branch is zeroed per
     example with probability ``rate = p * depth_scale``, else scaled by ``1 / (1 - rate)``,
     drawing on the "dropout" rng. ``depth_scale`` may be traced (one value per layer
@@ -321,11 +329,16 @@ class EncoderBlock(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jnp.ndarray, *, train: bool = False, depth_scale: float | jax.Array = 1.0
+        self,
+        x: jnp.ndarray,
+        *,
+        train: bool = False,
+        depth_scale: float | jax.Array = 1.0,
+        mask: jnp.ndarray | None = None,
     ) -> jnp.ndarray:
         x = constrain_batch(x)
         y = layer_norm(self.dtype, "LayerNorm_0")(x)
-        y = attention(self.num_heads, self.dtype, "MultiHeadDotProductAttention_0")(y, y)
+        y = attention(self.num_heads, self.dtype, "MultiHeadDotProductAttention_0")(y, y, mask)
         y = nn.Dropout(rate=self.dropout)(y, deterministic=not train)
         x = constrain_batch(x + self._drop_path(y, depth_scale, train))
         y = layer_norm(self.dtype, "LayerNorm_1")(x)
@@ -348,13 +361,17 @@ class EncoderBlock(nn.Module):
 
 
 class _CarryBlock(EncoderBlock):
-    """EncoderBlock with positional ``depth_scale`` and ``train`` (static under remat),
-    returning the ``(carry, output)`` pair that ``nn.scan`` needs."""
+    """EncoderBlock with positional ``depth_scale``, ``train`` (static under remat) and
+    ``mask``, returning the ``(carry, output)`` pair that ``nn.scan`` needs."""
 
     def __call__(
-        self, x: jnp.ndarray, depth_scale: float | jax.Array, train: bool = False
+        self,
+        x: jnp.ndarray,
+        depth_scale: float | jax.Array,
+        train: bool = False,
+        mask: jnp.ndarray | None = None,
     ) -> tuple[jnp.ndarray, None]:
-        return super().__call__(x, train=train, depth_scale=depth_scale), None
+        return super().__call__(x, train=train, depth_scale=depth_scale, mask=mask), None
 
 
 def _block_class(remat: str, scan: bool) -> type[nn.Module]:
@@ -378,7 +395,8 @@ class Encoder(nn.Module):
     pass, saving only what the policy names (:data:`REMAT_POLICIES`).
     ``stochastic_depth``: drop-path rate of the last block in [0, 1); block i (from 0)
     uses ``stochastic_depth * (i + 1) / depth`` (Huang et al.'s linear decay), only with
-    ``train=True``; see :class:`EncoderBlock`.
+    ``train=True``; see :class:`EncoderBlock`. ``mask``: bool [b, l] of the tokens to
+    attend to (None: all).
     """
 
     depth: int
@@ -392,7 +410,9 @@ class Encoder(nn.Module):
     stochastic_depth: float = 0.0
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
+    def __call__(
+        self, x: jnp.ndarray, *, train: bool = False, mask: jnp.ndarray | None = None
+    ) -> jnp.ndarray:
         if not 0 <= self.stochastic_depth < 1:
             raise ValueError(
                 f"Encoder.stochastic_depth: must be in [0, 1), got {self.stochastic_depth!r}"
@@ -412,18 +432,19 @@ class Encoder(nn.Module):
                 block,
                 variable_axes={"params": 0},
                 split_rngs={"params": True, "dropout": True},
-                in_axes=(0, nn.broadcast),
+                in_axes=(0, nn.broadcast, nn.broadcast),
                 length=self.depth,
-            )(*args, name="encoderblock")(x, jnp.asarray(scales), train)
+            )(*args, name="encoderblock")(x, jnp.asarray(scales), train, mask)
         else:
             for i in range(self.depth):
-                x, _ = block(*args, name=f"encoderblock_{i}")(x, float(scales[i]), train)
+                x, _ = block(*args, name=f"encoderblock_{i}")(x, float(scales[i]), train, mask)
         return layer_norm(self.dtype, "encoder_norm")(constrain_batch(x))
 
 
 class MAPHead(nn.Module):
     """Multi-head attention pooling (big_vision / SigLIP): a learned ``probe`` [1, 1, d]
-    attends over the tokens, then ``x + MLP(LN(x))``. x: [b, l, d] -> [b, d].
+    attends over the tokens, then ``x + MLP(LN(x))``. x: [b, l, d] -> [b, d];
+    ``mask`` (bool [b, l], optional): only the True tokens are pooled.
 
     Permutation-invariant in the tokens: there is no position information in the head.
     """
@@ -434,11 +455,11 @@ class MAPHead(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, mask: jnp.ndarray | None = None) -> jnp.ndarray:
         b, _, d = x.shape
         probe = self.param("probe", nn.initializers.xavier_uniform(), (1, 1, d), jnp.float32)
         probe = jnp.broadcast_to(probe.astype(self.dtype), (b, 1, d))
-        x = attention(self.num_heads, self.dtype, "MultiHeadDotProductAttention_0")(probe, x)
+        x = attention(self.num_heads, self.dtype, "MultiHeadDotProductAttention_0")(probe, x, mask)
         y = layer_norm(self.dtype, "LayerNorm_0")(x)
         x = x + MlpBlock(self.mlp_dim, self.gelu_approximate, dtype=self.dtype, name="MlpBlock_0")(
             y
@@ -471,12 +492,14 @@ def encode_and_pool(
     *,
     train: bool,
     name: str,
+    mask: jnp.ndarray | None = None,
 ) -> jnp.ndarray:
     """The shared body of the transformer towers (ViT, text, sequence), called inside
     their compact ``__call__``: the pre-LN :class:`Encoder` named ``name`` over the tokens
     ``x`` [b, l, d], then :func:`pool_and_project`. Reads the tower's ``dropout``,
     ``stochastic_depth``, ``gelu_approximate``, ``scan``, ``remat``, ``pool`` and
-    ``num_classes``; ``sizes``: its resolved ``depth``, ``mlp_dim``, ``num_heads``."""
+    ``num_classes``; ``sizes``: its resolved ``depth``, ``mlp_dim``, ``num_heads``.
+    ``mask``: bool [b, l] of the real tokens (None: all), for attention and pooling."""
     x = Encoder(
         sizes["depth"],
         sizes["mlp_dim"],
@@ -488,7 +511,7 @@ def encode_and_pool(
         remat=tower.remat,
         stochastic_depth=tower.stochastic_depth,
         name=name,
-    )(x, train=train)
+    )(x, train=train, mask=mask)
     return pool_and_project(
         x,
         tower.pool,
@@ -497,6 +520,7 @@ def encode_and_pool(
         gelu_approximate=tower.gelu_approximate,
         num_classes=tower.num_classes,
         dtype=dtype,
+        mask=mask,
     )
 
 
@@ -509,16 +533,21 @@ def pool_and_project(
     gelu_approximate: bool,
     num_classes: int | None,
     dtype: Any,
+    mask: jnp.ndarray | None = None,
 ) -> jnp.ndarray:
     """The shared tail of both towers, called inside their compact ``__call__`` (so the
     submodules are named ``MAPHead_0`` and ``head`` in the tower's scope).
 
     x: [b, l, d] encoder output -> f32 [b, num_classes or d]. ``pool``: ``"map"``
     (attention pooling), ``"gap"``/``"mean"`` (token mean), ``"tok"``/``"first"``
-    (token 0), ``"last"`` (token -1).
+    (token 0), ``"last"`` (token -1). ``mask`` (bool [b, l], optional): "map" and
+    "gap" pool only the True tokens.
     """
     if pool == "map":
-        x = MAPHead(mlp_dim, num_heads, gelu_approximate, dtype, name="MAPHead_0")(x)
+        x = MAPHead(mlp_dim, num_heads, gelu_approximate, dtype, name="MAPHead_0")(x, mask)
+    elif pool in ("gap", "mean") and mask is not None:
+        weights = (mask / jnp.sum(mask, axis=1, keepdims=True)).astype(x.dtype)
+        x = jnp.einsum("bld,bl->bd", x, weights)
     elif pool in ("gap", "mean"):
         x = jnp.mean(x, axis=1)
     elif pool in ("tok", "first"):

@@ -4,11 +4,20 @@ Param tree (big_vision names): ``embedding/{kernel [p, p, C, d], bias}``,
 ``pos_embedding [1, h*w, d]`` (posemb "learn"), ``cls [1, 1, d]`` (pool "tok"),
 ``Transformer/{encoderblock_{i}, encoder_norm}``, ``MAPHead_0`` (pool "map"),
 ``head/{kernel, bias}`` (when ``num_classes``).
+
+NaFlex inputs (SigLIP 2, arXiv 2502.14786): instead of an image array, a dict of
+``patches`` f32 [b, N, p*p*C] (each patch flattened as (row, col, channel)), ``mask``
+bool [b, N] (False: padding) and ``spatial_shapes`` int [b, 2] (each image's patch rows
+and columns, ``h * w`` = its number of real patches, which come first, row-major). The
+patches go through the same ``embedding``; the learned ``pos_embedding`` (a square grid
+of ``naflex_positions``) is resized to each image's (h, w) (:mod:`models.naflex`);
+attention and pooling skip the padding. N is static, image sizes are not: one compiled
+function serves every size up to N patches.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -22,6 +31,7 @@ from multimodal_ssl.models.common import (
     posemb_sincos2d,
     resolve_sizes,
 )
+from multimodal_ssl.models.naflex import resize_posemb
 
 POOLS = ("map", "gap", "tok")
 POSEMBS = ("learn", "sincos2d")
@@ -42,6 +52,9 @@ class ViT(nn.Module):
     each example keeps a random ``max(1, round(L * (1 - r)))`` of its L patch tokens
     (after the position embedding, before the class token), so the encoder runs on the
     shorter sequence; ``train=False`` uses all tokens. Both draw on the "dropout" rng.
+    ``naflex_positions``: size of the learned position grid (a square number) when the
+    inputs are NaFlex dicts (module doc); needs ``posemb="learn"``, no ``token_drop``.
+    Image arrays then need ``sqrt(naflex_positions)`` patches a side.
     """
 
     variant: str | None = None
@@ -60,6 +73,7 @@ class ViT(nn.Module):
     remat: str = "none"
     stochastic_depth: float = 0.0
     token_drop: float = 0.0
+    naflex_positions: int | None = None
 
     def sizes(self) -> dict[str, Any]:
         """Resolved ``width, depth, mlp_dim, num_heads`` and ``patch_size`` (a pair)."""
@@ -83,7 +97,9 @@ class ViT(nn.Module):
         return sizes
 
     @nn.compact
-    def __call__(self, image: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
+    def __call__(
+        self, image: jnp.ndarray | Mapping[str, jnp.ndarray], *, train: bool = False
+    ) -> jnp.ndarray:
         if self.pool not in POOLS:
             raise ValueError(f"ViT.pool: {self.pool!r} is not one of {list(POOLS)}")
         if self.posemb not in POSEMBS:
@@ -93,6 +109,11 @@ class ViT(nn.Module):
         sizes = self.sizes()
         dtype = compute_dtype(self.dtype)
         width, patch = sizes["width"], sizes["patch_size"]
+        if isinstance(image, Mapping):
+            x, mask = self._naflex_tokens(image, width, patch, dtype, train)
+            return encode_and_pool(
+                self, x, sizes, dtype, train=train, name="Transformer", mask=mask
+            )
         if image.ndim != 4 or image.shape[1] % patch[0] or image.shape[2] % patch[1]:
             raise ValueError(
                 f"ViT: image must be [b, H, W, C] with H, W divisible by patch {patch}, "
@@ -122,6 +143,48 @@ class ViT(nn.Module):
         x = nn.Dropout(rate=self.dropout)(x, deterministic=not train)
 
         return encode_and_pool(self, x, sizes, dtype, train=train, name="Transformer")
+
+    def _naflex_tokens(
+        self, inputs: Mapping[str, jnp.ndarray], width: int, patch: tuple, dtype, train: bool
+    ) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """NaFlex dict (module doc) -> (tokens [b, N (+1 class token), d], mask [b, N (+1)])."""
+        patches, mask, shapes = (inputs.get(k) for k in ("patches", "mask", "spatial_shapes"))
+        if patches is None or mask is None or shapes is None:
+            raise ValueError(
+                f"ViT: NaFlex inputs need patches, mask and spatial_shapes, got {sorted(inputs)}"
+            )
+        b, n, features = patches.shape if patches.ndim == 3 else (0, 0, 0)
+        channels = features // (patch[0] * patch[1])
+        if (
+            patches.ndim != 3
+            or channels * patch[0] * patch[1] != features
+            or mask.shape != (b, n)
+            or shapes.shape != (b, 2)
+        ):
+            raise ValueError(
+                f"ViT: NaFlex inputs must be patches [b, N, {patch[0]}*{patch[1]}*C], mask "
+                f"[b, N], spatial_shapes [b, 2], got {patches.shape}, {mask.shape}, {shapes.shape}"
+            )
+        if self.posemb != "learn" or not self.naflex_positions:
+            raise ValueError("ViT.naflex_positions: NaFlex inputs need it set and posemb='learn'")
+        if train and self.token_drop > 0:
+            raise ValueError("ViT.token_drop: not supported with NaFlex inputs")
+        x = nn.Conv(width, patch, strides=patch, padding="VALID", dtype=dtype, name="embedding")(
+            patches.reshape(b * n, *patch, channels).astype(dtype)
+        ).reshape(b, n, width)
+        pos = self.param(
+            "pos_embedding",
+            nn.initializers.normal(stddev=1 / np.sqrt(width)),
+            (1, self.naflex_positions, width),
+            jnp.float32,
+        )
+        x = x + resize_posemb(pos, shapes, n).astype(dtype)
+        mask = mask.astype(bool)
+        if self.pool == "tok":
+            cls = self.param("cls", nn.initializers.zeros, (1, 1, width), jnp.float32)
+            x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (b, 1, width)), x], axis=1)
+            mask = jnp.concatenate([jnp.ones((b, 1), bool), mask], axis=1)
+        return nn.Dropout(rate=self.dropout)(x, deterministic=not train), mask
 
     def _drop_tokens(self, x: jnp.ndarray) -> jnp.ndarray:
         """x [b, L, d] -> [b, n_keep, d]: a uniformly random subset per example (FLIP)."""
