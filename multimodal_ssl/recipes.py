@@ -27,12 +27,14 @@ def shapes_evals(every_steps: int, max_examples: int = 1024) -> ml_collections.C
                 # Present so the command line can set them for other data (csv:, tfds:, ...).
                 "label_key": ml_collections.config_dict.placeholder(str),
                 "classnames": ml_collections.config_dict.placeholder(object),  # path or list
+                "dims": ml_collections.config_dict.placeholder(tuple),  # prefix evals
             },
             "retrieval": {
                 "type": "retrieval",
                 "data": "generated:shapes:test",
                 "every_steps": every_steps,
                 "max_examples": max_examples,
+                "dims": ml_collections.config_dict.placeholder(tuple),
             },
         }
     )
