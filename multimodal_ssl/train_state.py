@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 
 from multimodal_ssl import gradcache
 from multimodal_ssl.losses.objectives import Objective
-from multimodal_ssl.models.common import batch_sharded_activations
+from multimodal_ssl.models.activation_sharding import batch_sharded_activations
 from multimodal_ssl.models.towers import MultiTower
 from multimodal_ssl.optim import merge_params, partition_frozen
 from multimodal_ssl.sharding import (

@@ -9,7 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from multimodal_ssl.models.common import Embed, batch_sharded_activations, constrain_batch
+from multimodal_ssl.models.activation_sharding import (
+    Embed,
+    batch_sharded_activations,
+    constrain_batch,
+)
 from multimodal_ssl.models.towers import MultiTower
 from multimodal_ssl.sharding import batch_sharding, make_mesh
 

@@ -12,8 +12,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from multimodal_ssl.models.activation_sharding import Embed
 from multimodal_ssl.models.common import (
-    Embed,
     add_learned_positions,
     compute_dtype,
     encode_and_pool,
