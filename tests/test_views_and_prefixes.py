@@ -78,14 +78,23 @@ def test_views_share_their_towers_params_and_raw_projections_normalise_to_the_ou
     tower = {"type": "mlp", "width": 8, "depth": 1, "mlp_dim": 16}
     model = MultiTower(towers={"a": tower, "b": tower}, embed_dim=4, views={"a2": "a"})
     x = jax.random.normal(jax.random.key(0), (3, 5))
-    params = model.init(jax.random.key(1), {"a": x, "b": x, "a2": x})["params"]
+    params = jax.jit(model.init)(jax.random.key(1), {"a": x, "b": x, "a2": x})["params"]
     plain = MultiTower(towers={"a": tower, "b": tower}, embed_dim=4)
     assert jax.tree.structure(params) == jax.tree.structure(
-        plain.init(jax.random.key(1), {"a": x, "b": x})["params"]
+        jax.eval_shape(plain.init, jax.random.key(1), {"a": x, "b": x})["params"]
     )
-    out = model.apply({"params": params}, {"a": x, "a2": 2 * x})
-    raw = model.apply({"params": params}, {"a": x, "a2": 2 * x}, normalize=False)
-    np.testing.assert_allclose(out["a2"], model.apply({"params": params}, {"a": 2 * x})["a"])
+
+    @jax.jit
+    def outputs(params, x):
+        inputs = {"a": x, "a2": 2 * x}
+        return (
+            model.apply({"params": params}, inputs),
+            model.apply({"params": params}, inputs, normalize=False),
+            model.apply({"params": params}, {"a": 2 * x}),
+        )
+
+    out, raw, doubled = outputs(params, x)
+    np.testing.assert_allclose(out["a2"], doubled["a"], rtol=1e-6)
     unit = raw["a"] / jnp.linalg.norm(raw["a"], axis=1, keepdims=True)
     np.testing.assert_allclose(out["a"], unit, rtol=1e-6)
     assert not np.allclose(jnp.linalg.norm(raw["a"], axis=1), 1.0)
