@@ -49,8 +49,8 @@ class _AllModalities(Objective):
         cfg.t_init = cls.T_INIT
         return cfg
 
-    def __init__(self, cfg, modalities, optional=()):
-        super().__init__(cfg, modalities, optional)
+    def __init__(self, cfg, modalities, optional=(), **kw):
+        super().__init__(cfg, modalities, optional, **kw)
         self.order = tuple(sorted(self.modalities))
         if len(self.order) < 2:
             _fail("name", f"{self.NAME!r} needs at least 2 towers, got {list(self.order)}")
