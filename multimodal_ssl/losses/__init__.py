@@ -117,6 +117,7 @@ def get_loss(name: str) -> Callable[..., jax.Array]:
 # any losses module (objectives.py included) thus sees the whole registry.
 from multimodal_ssl.losses import (  # noqa: E402, F401
     decur,
+    literature,
     matryoshka,
     mixture,
     objectives,

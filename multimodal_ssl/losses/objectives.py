@@ -306,6 +306,3 @@ class Softmax(Pairwise):
     def pair_loss_masked(self, x, y, scalars, vx, vy):
         return masked.softmax_masked(x, y, scalars["t"], vx, vy)
 
-
-# Objectives defined in their own modules register themselves on import.
-from multimodal_ssl.losses import literature  # noqa: E402, F401
