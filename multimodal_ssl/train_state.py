@@ -18,6 +18,8 @@ import optax
 from jax.sharding import Mesh
 
 from multimodal_ssl import gradcache
+from multimodal_ssl.distill import PARAMS as DISTILL_PARAMS
+from multimodal_ssl.distill import SelfDistill
 from multimodal_ssl.losses.objectives import Objective
 from multimodal_ssl.models.towers import MultiTower
 from multimodal_ssl.optim import merge_params, partition_frozen
@@ -43,13 +45,16 @@ class TrainState:
     step number, so a resumed run draws the same dropout masks); ``health``: i32 scalars
     ``skipped`` (steps whose update was dropped), ``streak`` (of them in a row),
     ``first_bad`` (the first such step, -1: none) and ``what`` (its :data:`NONFINITE`
-    bits)."""
+    bits); ``teacher``: the EMA teacher of self-distillation (``distill.SelfDistill``:
+    tower and head params, centers), None (an empty subtree) when ``config.distill`` is
+    off."""
 
     step: jax.Array
     params: Any
     opt_state: Any
     rng: jax.Array
     health: dict[str, jax.Array]
+    teacher: Any = None
 
 
 def fresh_health() -> dict[str, jax.Array]:
@@ -66,22 +71,29 @@ def init_state(
     mesh: Mesh,
     inputs: Mapping[str, jax.ShapeDtypeStruct],
     imported: dict[str, Any] | None = None,
+    distill: SelfDistill | None = None,
 ) -> TrainState:
     """Initialises the towers from ``config.seed`` (with ``inputs``: one example's
     ``[1, ...]`` shape per modality) and the objective's scalars, directly into their
     shardings. ``imported``: top-level subtrees (``{"img": ...}``, from
-    ``pretrained.init_from_config``) that replace the random ones."""
+    ``pretrained.init_from_config``) that replace the random ones. ``distill``: adds its
+    head (``params["distill"]``) and the teacher (a copy of the student's tower)."""
     imported = imported or {}
     dummy = {m: jnp.zeros(s.shape, s.dtype) for m, s in inputs.items()}
 
     def init_fn(rng, imported):
         params = {**model.init(rng, dummy)["params"], **objective.init_params(), **imported}
+        teacher = None
+        if distill is not None:
+            params[DISTILL_PARAMS] = distill.init_params(jax.random.fold_in(rng, 2), model.embed_dim)
+            teacher = distill.init_teacher(params)
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
             opt_state=tx.init(params),
             rng=jax.random.key_data(jax.random.fold_in(rng, 1)),
             health=fresh_health(),
+            teacher=teacher,
         )
 
     rng = jax.random.key(config.seed)
@@ -95,12 +107,19 @@ def state_shardings(state: TrainState, mesh: Mesh, cfg: ml_collections.ConfigDic
     (tensor parallel + FSDP, see ``sharding.param_shardings``), optimizer state following
     its params, the rest replicated."""
     params = param_shardings(state.params, mesh, cfg.rules, cfg.fsdp_min_size)
+    teacher = None
+    if state.teacher is not None:  # its params as the student's, its centers replicated
+        teacher = jax.tree.map(lambda _: replicated(mesh), state.teacher)
+        teacher["params"] = param_shardings(
+            state.teacher["params"], mesh, cfg.rules, cfg.fsdp_min_size
+        )
     return TrainState(
         step=replicated(mesh),
         params=params,
         opt_state=follow_params(state.opt_state, state.params, params, replicated(mesh)),
         rng=replicated(mesh),
         health=jax.tree.map(lambda _: replicated(mesh), state.health),
+        teacher=teacher,
     )
 
 
@@ -113,6 +132,7 @@ def make_train_step(
     mesh: Mesh,
     abstract_state: TrainState,
     masked: Sequence[str] = (),
+    distill: SelfDistill | None = None,
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """One jitted step with donated state; in/out shardings are those of ``abstract_state``.
 
@@ -123,6 +143,9 @@ def make_train_step(
     plus the objective's (``train/t``, ``train/loss/<a>_<b>``, ...).
     ``optim.microbatches > 1``: GradCache accumulation (``gradcache.py``), the gradient of
     the whole-batch loss computed with the activation memory of one micro-batch.
+    ``distill``: adds the self-distillation terms (``distill.py``; their own full-batch
+    backward, ``train/loss/local_global``, ``train/loss/masked``) and the teacher's EMA
+    update; the batch then also holds ``<modality>_local`` for local crops.
     """
     microbatches = config.optim.microbatches
     rows_per_shard = config.batch_size // batch_size_per_step(mesh)
@@ -134,7 +157,13 @@ def make_train_step(
     modalities = tuple(model.towers)
     nan_policy = config.train.nan_policy
     freeze = config.optim.freeze
-    partition_frozen(abstract_state.params, freeze)  # fail now if it matches none or all
+    trainable_at_start, _ = partition_frozen(abstract_state.params, freeze)  # fails if bad
+    if distill is not None and distill.tower_name not in trainable_at_start:
+        raise ValueError(
+            f"config.distill: the {distill.modality} tower is frozen (config.optim.freeze="
+            f"{freeze!r}); self-distillation trains it, so unfreeze it or set "
+            "config.distill.local_weight = masked_weight = 0"
+        )
 
     def step_fn(state: TrainState, batch):
         # Only the trainable params are differentiated: no backward for frozen towers.
@@ -156,9 +185,18 @@ def make_train_step(
         (loss, aux), grads = gradcache.value_and_grad(
             embed_fn, loss_fn, trainable, inputs, microbatches, batch_sharding(mesh)
         )
+        if distill is not None:
+            d_loss, d_metrics, d_grads, teacher = distill.term(
+                trainable, frozen, state.teacher, batch, state.step, step_rng
+            )
+            loss = loss + d_loss
+            aux = {**aux, **d_metrics}
+            grads = jax.tree.map(jnp.add, grads, d_grads)
         zeros = jax.tree.map(jnp.zeros_like, frozen)  # unused by tx (set_to_zero)
         updates, opt_state = tx.update(merge_params(grads, zeros), state.opt_state, state.params)
         updates, _ = partition_frozen(updates, freeze)
+        if distill is not None:
+            updates = distill.gate_updates(updates, state.step)
         params = merge_params(optax.apply_updates(trainable, updates), frozen)
         grad_norm = optax.tree.norm(grads)
         ok, health = _check_finite(loss, grad_norm, params, state, nan_policy)
@@ -178,6 +216,11 @@ def make_train_step(
         new_state = state.replace(
             step=state.step + 1, params=params, opt_state=opt_state, health=health
         )
+        if distill is not None:  # a non-finite step keeps the previous teacher too
+            moved = distill.next_teacher(teacher, params, state.step)
+            new_state = new_state.replace(
+                teacher=jax.tree.map(lambda n, o: jnp.where(ok, n, o), moved, state.teacher)
+            )
         return new_state, metrics
 
     shardings = jax.tree.map(lambda x: x.sharding, abstract_state)

@@ -413,12 +413,15 @@ def encode_and_pool(
     *,
     train: bool,
     name: str,
-) -> jnp.ndarray:
+    return_tokens: bool = False,
+) -> jnp.ndarray | tuple[jnp.ndarray, jnp.ndarray]:
     """The shared body of the transformer towers (ViT, text, sequence), called inside
     their compact ``__call__``: the pre-LN :class:`Encoder` named ``name`` over the tokens
     ``x`` [b, l, d], then :func:`pool_and_project`. Reads the tower's ``dropout``,
     ``stochastic_depth``, ``gelu_approximate``, ``scan``, ``remat``, ``pool`` and
-    ``num_classes``; ``sizes``: its resolved ``depth``, ``mlp_dim``, ``num_heads``."""
+    ``num_classes``; ``sizes``: its resolved ``depth``, ``mlp_dim``, ``num_heads``.
+    ``return_tokens``: also return the encoder's output tokens [b, l, d] (after
+    ``encoder_norm``, before pooling)."""
     x = Encoder(
         sizes["depth"],
         sizes["mlp_dim"],
@@ -431,7 +434,7 @@ def encode_and_pool(
         stochastic_depth=tower.stochastic_depth,
         name=name,
     )(x, train=train)
-    return pool_and_project(
+    pooled = pool_and_project(
         x,
         tower.pool,
         mlp_dim=sizes["mlp_dim"],
@@ -440,6 +443,7 @@ def encode_and_pool(
         num_classes=tower.num_classes,
         dtype=dtype,
     )
+    return (pooled, x) if return_tokens else pooled
 
 
 def pool_and_project(

@@ -42,6 +42,12 @@ class ViT(nn.Module):
     each example keeps a random ``max(1, round(L * (1 - r)))`` of its L patch tokens
     (after the position embedding, before the class token), so the encoder runs on the
     shorter sequence; ``train=False`` uses all tokens. Both draw on the "dropout" rng.
+
+    Call options (self-distillation, ``multimodal_ssl/distill.py``; no params of their
+    own): ``patch_mask`` bool [b, h*w] with ``mask_token`` [width]: the embeddings of the
+    True patches are replaced by ``mask_token`` (before the position embedding, iBOT);
+    ``return_tokens=True``: returns ``(output, patch_tokens [b, h*w, width])``, the
+    encoder's output at the patch positions (class token left out).
     """
 
     variant: str | None = None
@@ -83,7 +89,15 @@ class ViT(nn.Module):
         return sizes
 
     @nn.compact
-    def __call__(self, image: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
+    def __call__(
+        self,
+        image: jnp.ndarray,
+        *,
+        train: bool = False,
+        patch_mask: jnp.ndarray | None = None,
+        mask_token: jnp.ndarray | None = None,
+        return_tokens: bool = False,
+    ) -> jnp.ndarray | tuple[jnp.ndarray, jnp.ndarray]:
         if self.pool not in POOLS:
             raise ValueError(f"ViT.pool: {self.pool!r} is not one of {list(POOLS)}")
         if self.posemb not in POSEMBS:
@@ -104,6 +118,13 @@ class ViT(nn.Module):
         )
         b, h, w, _ = x.shape
         x = x.reshape(b, h * w, width)
+        if patch_mask is not None:
+            if patch_mask.shape != (b, h * w) or mask_token is None:
+                raise ValueError(
+                    f"ViT.patch_mask: expected bool [{b}, {h * w}] and a mask_token "
+                    f"[{width}], got {patch_mask.shape} and {mask_token is not None}"
+                )
+            x = jnp.where(patch_mask[:, :, None], mask_token.astype(dtype), x)
         if self.posemb == "learn":
             pos = self.param(
                 "pos_embedding",
@@ -115,13 +136,21 @@ class ViT(nn.Module):
             pos = posemb_sincos2d(h, w, width)
         x = x + pos.astype(dtype)  # before the class token, which has no position
         if train and self.token_drop > 0:
+            if return_tokens:
+                raise ValueError("ViT.token_drop: patch tokens cannot be returned with it on")
             x = self._drop_tokens(x)
         if self.pool == "tok":
             cls = self.param("cls", nn.initializers.zeros, (1, 1, width), jnp.float32)
             x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (b, 1, width)), x], axis=1)
         x = nn.Dropout(rate=self.dropout)(x, deterministic=not train)
 
-        return encode_and_pool(self, x, sizes, dtype, train=train, name="Transformer")
+        out = encode_and_pool(
+            self, x, sizes, dtype, train=train, name="Transformer", return_tokens=return_tokens
+        )
+        if return_tokens:
+            pooled, tokens = out
+            return pooled, tokens[:, 1:] if self.pool == "tok" else tokens
+        return out
 
     def _drop_tokens(self, x: jnp.ndarray) -> jnp.ndarray:
         """x [b, L, d] -> [b, n_keep, d]: a uniformly random subset per example (FLIP)."""
