@@ -85,7 +85,8 @@ def init_state(
         params = {**model.init(rng, dummy)["params"], **objective.init_params(), **imported}
         teacher = None
         if distill is not None:
-            params[DISTILL_PARAMS] = distill.init_params(jax.random.fold_in(rng, 2), model.embed_dim)
+            head_rng = jax.random.fold_in(rng, 2)
+            params[DISTILL_PARAMS] = distill.init_params(head_rng, model.embed_dim)
             teacher = distill.init_teacher(params)
         return TrainState(
             step=jnp.zeros((), jnp.int32),
