@@ -45,16 +45,22 @@ class TrainState:
     step number, so a resumed run draws the same dropout masks); ``health``: i32 scalars
     ``skipped`` (steps whose update was dropped), ``streak`` (of them in a row),
     ``first_bad`` (the first such step, -1: none) and ``what`` (its :data:`NONFINITE`
-    bits); ``teacher``: the EMA teacher of self-distillation (``distill.SelfDistill``:
-    tower and head params, centers), None (an empty subtree) when ``config.distill`` is
-    off."""
+    bits)."""
 
     step: jax.Array
     params: Any
     opt_state: Any
     rng: jax.Array
     health: dict[str, jax.Array]
-    teacher: Any = None
+
+
+@flax.struct.dataclass
+class DistillTrainState(TrainState):
+    """The train state of a run with ``config.distill`` on: plus ``teacher``, the EMA
+    teacher of self-distillation (``distill.SelfDistill``: tower and head params, centers).
+    A subclass, so that runs without it keep the checkpoint layout they always had."""
+
+    teacher: Any
 
 
 def fresh_health() -> dict[str, jax.Array]:
@@ -83,18 +89,18 @@ def init_state(
 
     def init_fn(rng, imported):
         params = {**model.init(rng, dummy)["params"], **objective.init_params(), **imported}
-        teacher = None
+        extra = {}
         if distill is not None:
             head_rng = jax.random.fold_in(rng, 2)
             params[DISTILL_PARAMS] = distill.init_params(head_rng, model.embed_dim)
-            teacher = distill.init_teacher(params)
-        return TrainState(
+            extra["teacher"] = distill.init_teacher(params)
+        return (DistillTrainState if extra else TrainState)(
             step=jnp.zeros((), jnp.int32),
             params=params,
             opt_state=tx.init(params),
             rng=jax.random.key_data(jax.random.fold_in(rng, 1)),
             health=fresh_health(),
-            teacher=teacher,
+            **extra,
         )
 
     rng = jax.random.key(config.seed)
@@ -108,19 +114,20 @@ def state_shardings(state: TrainState, mesh: Mesh, cfg: ml_collections.ConfigDic
     (tensor parallel + FSDP, see ``sharding.param_shardings``), optimizer state following
     its params, the rest replicated."""
     params = param_shardings(state.params, mesh, cfg.rules, cfg.fsdp_min_size)
-    teacher = None
-    if state.teacher is not None:  # its params as the student's, its centers replicated
-        teacher = jax.tree.map(lambda _: replicated(mesh), state.teacher)
+    extra = {}
+    if isinstance(state, DistillTrainState):  # teacher params as the student's, the rest
+        teacher = jax.tree.map(lambda _: replicated(mesh), state.teacher)  # replicated
         teacher["params"] = param_shardings(
             state.teacher["params"], mesh, cfg.rules, cfg.fsdp_min_size
         )
-    return TrainState(
+        extra["teacher"] = teacher
+    return type(state)(
         step=replicated(mesh),
         params=params,
         opt_state=follow_params(state.opt_state, state.params, params, replicated(mesh)),
         rng=replicated(mesh),
         health=jax.tree.map(lambda _: replicated(mesh), state.health),
-        teacher=teacher,
+        **extra,
     )
 
 
