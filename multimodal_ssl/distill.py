@@ -108,6 +108,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     tower = config.model.towers.get(d.modality)
     if tower is None or tower["type"] != "vit":
         fail("modality", f"{d.modality!r} must name a 'vit' tower of config.model.towers")
+    if PARAMS in config.model.towers:
+        fail("modality", f"a tower named {PARAMS!r} collides with the head's params; rename it")
     if tower.get("token_drop", 0) and d.masked_weight > 0:
         fail("masked_weight", f"needs config.model.towers.{d.modality}.token_drop = 0")
     for key in ("num_local", "head_hidden", "head_bottleneck", "prototypes"):
