@@ -314,6 +314,8 @@ class SelfDistill:
 
     def gate_updates(self, updates: dict[str, Any], step: jax.Array) -> dict[str, Any]:
         """Zeroes the optimizer's updates of the head and mask token before the start."""
+        if PARAMS not in updates:  # frozen by config.optim.freeze
+            return updates
         on = self.is_on(step)
         updates = dict(updates)
         updates[PARAMS] = jax.tree.map(lambda u: jnp.where(on, u, 0), updates[PARAMS])
