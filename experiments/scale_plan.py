@@ -101,7 +101,8 @@ NOTES = [
     "example); GradCache (`optim.microbatches > 1`) adds one more forward. Time per step "
     "= FLOP/example x 32768 / (devices x peak FLOP/s x MFU).",
     "- Before the step constrained activations to the batch axes "
-    "(`models.activation_sharding.batch_sharded_activations`), XLA followed the FSDP-sharded weights: "
+    "(`models.activation_sharding.batch_sharded_activations`), XLA followed the "
+    "FSDP-sharded weights: "
     "B/16 at 512 rows x 64 devices compiled to 266 GiB of temporaries per device (every "
     "device held the global batch's activations, split over the width); now 15 GiB.",
 ]

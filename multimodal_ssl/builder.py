@@ -23,7 +23,7 @@ import ml_collections
 from jax.sharding import Mesh
 
 from multimodal_ssl import config as config_lib
-from multimodal_ssl import pretrained
+from multimodal_ssl import distill, pretrained
 from multimodal_ssl.checkpointing import abstract_like
 from multimodal_ssl.data.modalities import Processor, make_processors
 from multimodal_ssl.data.pipeline import TrainLoader, train_loader_from_config
@@ -62,7 +62,8 @@ class Experiment:
 
     Attributes: ``config``, ``mesh``, ``tokenizer``, ``model`` (:class:`MultiTower`),
     ``imported`` (pretrained subtrees), ``eval_processors`` (``{modality: Processor}``),
-    ``input_specs`` (``{modality: ShapeDtypeStruct [1, ...]}``).
+    ``input_specs`` (``{modality: ShapeDtypeStruct [1, ...]}``), ``distill``
+    (:class:`~multimodal_ssl.distill.SelfDistill` or None: ``config.distill`` off).
     """
 
     def __init__(
@@ -83,6 +84,11 @@ class Experiment:
             shape, dtype = p.example_shape()
             self.input_specs[m] = jax.ShapeDtypeStruct((1, *shape), dtype)
         self.masked: tuple[str, ...] = ()
+        self.distill: distill.SelfDistill | None = None
+        if distill.enabled(self.config):
+            self.distill = distill.SelfDistill(
+                self.config.distill, self.model, self.config.total_steps
+            )
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -92,6 +98,16 @@ class Experiment:
     def inputs(self) -> tuple[str, ...]:
         """The training inputs: every tower's modality and the views of ``data.views``."""
         return (*self.model.towers, *(self.model.views or {}))
+
+    @property
+    def batch_keys(self) -> tuple[str, ...]:
+        """The training batch entries the step reads: every input (towers and views), the
+        masks of the modalities some sources lack, and the local crops of
+        self-distillation."""
+        keys = (*self.inputs, *(f"mask/{m}" for m in self.masked))
+        if self.distill is not None and self.distill.local:
+            keys = (*keys, self.distill.local_key)
+        return keys
 
     def train_loader(self) -> TrainLoader:
         """This process's training loader (its share of the global batch); remembers
@@ -131,6 +147,7 @@ class Experiment:
             self.mesh,
             self.input_specs,
             self.imported,
+            self.distill,
         )
 
     def train_step(self, state: TrainState):
@@ -145,6 +162,7 @@ class Experiment:
             self.mesh,
             abstract_like(state),
             self.masked,
+            self.distill,
         )
 
     def evaluators(self) -> dict[str, Evaluator]:

@@ -160,6 +160,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.profile.num_steps = 3
 
     c.evals = ml_collections.ConfigDict()
+
+    # SigLIP 2 self-distillation (SILC local-to-global) and masked prediction (TIPS) of the
+    # image tower against its EMA teacher; off while both weights are 0
+    # (multimodal_ssl/distill.py).
+    from multimodal_ssl import distill  # local: keep config import light
+
+    c.distill = distill.default_config()
     return c
 
 
@@ -414,6 +421,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.profile.start_step is not None:
         _check_positive("profile.start_step", config.profile.start_step)
     _check_positive("profile.num_steps", config.profile.num_steps)
+
+    from multimodal_ssl import distill
+
+    distill.validate(config)
 
     from multimodal_ssl.evals import get_evaluator  # local: evals import data and models
 

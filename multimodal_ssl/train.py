@@ -204,6 +204,6 @@ def _minutes_due(config: ml_collections.ConfigDict, saved_at: float) -> bool:
 
 
 def _next_batch(data_iter, exp: Experiment) -> dict[str, np.ndarray]:
-    """The model inputs of the next batch: one array per tower and view, and the masks."""
+    """The model inputs of the next batch (``exp.batch_keys``)."""
     batch = next(data_iter)
-    return {k: batch[k] for k in (*exp.inputs, *(f"mask/{m}" for m in exp.masked))}
+    return {k: batch[k] for k in exp.batch_keys}

@@ -18,6 +18,8 @@ import optax
 from jax.sharding import Mesh
 
 from multimodal_ssl import gradcache
+from multimodal_ssl.distill import PARAMS as DISTILL_PARAMS
+from multimodal_ssl.distill import SelfDistill
 from multimodal_ssl.losses.objectives import Objective
 from multimodal_ssl.models.activation_sharding import batch_sharded_activations
 from multimodal_ssl.models.towers import MultiTower
@@ -54,6 +56,15 @@ class TrainState:
     health: dict[str, jax.Array]
 
 
+@flax.struct.dataclass
+class DistillTrainState(TrainState):
+    """The train state of a run with ``config.distill`` on: plus ``teacher``, the EMA
+    teacher of self-distillation (``distill.SelfDistill``: tower and head params, centers).
+    A subclass, so that runs without it keep the checkpoint layout they always had."""
+
+    teacher: Any
+
+
 def fresh_health() -> dict[str, jax.Array]:
     """The health counters of a run with no non-finite step."""
     zero = jnp.zeros((), jnp.int32)
@@ -65,19 +76,28 @@ def _state_init_fn(
     objective: Objective,
     tx: optax.GradientTransformation,
     inputs: Mapping[str, jax.ShapeDtypeStruct],
+    distill: SelfDistill | None = None,
 ) -> Callable[[jax.Array, dict[str, Any]], TrainState]:
     """``init_fn(rng, imported) -> TrainState``: the towers (initialised on zeros shaped
-    like ``inputs``), the objective's scalars, ``imported`` subtrees over them."""
+    like ``inputs``), the objective's scalars, ``imported`` subtrees over them; with
+    ``distill``, its head (``params["distill"]``) and the teacher (a copy of the
+    student's tower) in a :class:`DistillTrainState`."""
     dummy = {m: jnp.zeros(s.shape, s.dtype) for m, s in inputs.items()}
 
     def init_fn(rng, imported):
         params = {**model.init(rng, dummy)["params"], **objective.init_params(), **imported}
-        return TrainState(
+        extra = {}
+        if distill is not None:
+            head_rng = jax.random.fold_in(rng, 2)
+            params[DISTILL_PARAMS] = distill.init_params(head_rng, model.embed_dim)
+            extra["teacher"] = distill.init_teacher(params)
+        return (DistillTrainState if extra else TrainState)(
             step=jnp.zeros((), jnp.int32),
             params=params,
             opt_state=tx.init(params),
             rng=jax.random.key_data(jax.random.fold_in(rng, 1)),
             health=fresh_health(),
+            **extra,
         )
 
     return init_fn
@@ -91,13 +111,15 @@ def init_state(
     mesh: Mesh,
     inputs: Mapping[str, jax.ShapeDtypeStruct],
     imported: dict[str, Any] | None = None,
+    distill: SelfDistill | None = None,
 ) -> TrainState:
     """Initialises the towers from ``config.seed`` (with ``inputs``: one example's
     ``[1, ...]`` shape per modality) and the objective's scalars, directly into their
     shardings. ``imported``: top-level subtrees (``{"img": ...}``, from
-    ``pretrained.init_from_config``) that replace the random ones."""
+    ``pretrained.init_from_config``) that replace the random ones. ``distill``: adds its
+    head (``params["distill"]``) and the teacher (a copy of the student's tower)."""
     imported = imported or {}
-    init_fn = _state_init_fn(model, objective, tx, inputs)
+    init_fn = _state_init_fn(model, objective, tx, inputs, distill)
     rng = jax.random.key(config.seed)
     abstract = jax.eval_shape(init_fn, rng, imported)
     shardings = state_shardings(abstract, mesh, config.sharding)
@@ -111,12 +133,13 @@ def abstract_state(
     config: ml_collections.ConfigDict,
     mesh: Mesh,
     inputs: Mapping[str, jax.ShapeDtypeStruct],
+    distill: SelfDistill | None = None,
 ) -> TrainState:
     """The state :func:`init_state` would make, as ``jax.ShapeDtypeStruct`` leaves with
     their shardings; nothing is allocated (for compile-only memory plans:
     ``make_train_step(..., abstract_state(...)).lower(state, batch).compile()``)."""
     abstract = jax.eval_shape(
-        _state_init_fn(model, objective, tx, inputs), jax.random.key(config.seed), {}
+        _state_init_fn(model, objective, tx, inputs, distill), jax.random.key(config.seed), {}
     )
     shardings = state_shardings(abstract, mesh, config.sharding)
     return jax.tree.map(
@@ -129,12 +152,20 @@ def state_shardings(state: TrainState, mesh: Mesh, cfg: ml_collections.ConfigDic
     (tensor parallel + FSDP, see ``sharding.param_shardings``), optimizer state following
     its params, the rest replicated."""
     params = param_shardings(state.params, mesh, cfg.rules, cfg.fsdp_min_size)
-    return TrainState(
+    extra = {}
+    if isinstance(state, DistillTrainState):  # teacher params as the student's, the rest
+        teacher = jax.tree.map(lambda _: replicated(mesh), state.teacher)  # replicated
+        teacher["params"] = param_shardings(
+            state.teacher["params"], mesh, cfg.rules, cfg.fsdp_min_size
+        )
+        extra["teacher"] = teacher
+    return type(state)(
         step=replicated(mesh),
         params=params,
         opt_state=follow_params(state.opt_state, state.params, params, replicated(mesh)),
         rng=replicated(mesh),
         health=jax.tree.map(lambda _: replicated(mesh), state.health),
+        **extra,
     )
 
 
@@ -147,6 +178,7 @@ def make_train_step(
     mesh: Mesh,
     abstract_state: TrainState,
     masked: Sequence[str] = (),
+    distill: SelfDistill | None = None,
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """One jitted step with donated state; in/out shardings are those of ``abstract_state``.
 
@@ -158,6 +190,9 @@ def make_train_step(
     ``train/{loss,lr,grad_norm}`` plus the objective's (``train/t``, ``train/loss/<a>_<b>``, ...).
     ``optim.microbatches > 1``: GradCache accumulation (``gradcache.py``), the gradient of
     the whole-batch loss computed with the activation memory of one micro-batch.
+    ``distill``: adds the self-distillation terms (``distill.py``; their own full-batch
+    backward, ``train/loss/local_global``, ``train/loss/masked``) and the teacher's EMA
+    update; the batch then also holds ``<modality>_local`` for local crops.
     """
     microbatches = config.optim.microbatches
     rows_per_shard = config.batch_size // batch_size_per_step(mesh)
@@ -169,7 +204,13 @@ def make_train_step(
     modalities = (*model.towers, *(model.views or {}))  # towers' inputs and their views
     nan_policy = config.train.nan_policy
     freeze = config.optim.freeze
-    partition_frozen(abstract_state.params, freeze)  # fail now if it matches none or all
+    trainable_at_start, _ = partition_frozen(abstract_state.params, freeze)  # fails if bad
+    if distill is not None and distill.tower_name not in trainable_at_start:
+        raise ValueError(
+            f"config.distill: the {distill.modality} tower is frozen (config.optim.freeze="
+            f"{freeze!r}); self-distillation trains it, so unfreeze it or set "
+            "config.distill.local_weight = masked_weight = 0"
+        )
 
     def step_fn(state: TrainState, batch):
         # Only the trainable params are differentiated: no backward for frozen towers.
@@ -196,9 +237,18 @@ def make_train_step(
         (loss, aux), grads = gradcache.value_and_grad(
             embed_fn, loss_fn, trainable, inputs, microbatches, batch_sharding(mesh)
         )
+        if distill is not None:
+            d_loss, d_metrics, d_grads, teacher = distill.term(
+                trainable, frozen, state.teacher, batch, state.step, step_rng
+            )
+            loss = loss + d_loss
+            aux = {**aux, **d_metrics}
+            grads = jax.tree.map(jnp.add, grads, d_grads)
         zeros = jax.tree.map(jnp.zeros_like, frozen)  # unused by tx (set_to_zero)
         updates, opt_state = tx.update(merge_params(grads, zeros), state.opt_state, state.params)
         updates, _ = partition_frozen(updates, freeze)
+        if distill is not None:
+            updates = distill.gate_updates(updates, state.step)
         params = merge_params(optax.apply_updates(trainable, updates), frozen)
         grad_norm = optax.tree.norm(grads)
         ok, health = _check_finite(loss, grad_norm, params, state, nan_policy)
@@ -218,6 +268,11 @@ def make_train_step(
         new_state = state.replace(
             step=state.step + 1, params=params, opt_state=opt_state, health=health
         )
+        if distill is not None:  # a non-finite step keeps the previous teacher too
+            moved = distill.next_teacher(teacher, params, state.step)
+            new_state = new_state.replace(
+                teacher=jax.tree.map(lambda n, o: jnp.where(ok, n, o), moved, state.teacher)
+            )
         return new_state, metrics
 
     shardings = jax.tree.map(lambda x: x.sharding, abstract_state)

@@ -9,7 +9,7 @@ from multimodal_ssl import config as config_lib
 from multimodal_ssl.recipes import load_recipe
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-RECIPES = ["siglip.py", "clip.py"]
+RECIPES = ["siglip.py", "clip.py", "siglip2.py"]
 
 
 def _recipe(name, arg=None):

@@ -96,11 +96,17 @@ class Processor(abc.ABC):
         shape, dtype = self.example_shape()
         return np.zeros(shape, dtype)
 
-    def collate(self, values: Sequence[Any]) -> np.ndarray:
+    def collate(self, values: Sequence[Any]) -> np.ndarray | dict[str, np.ndarray]:
+        """Read values -> the batch entry ``[b, ...]`` (or ``{batch key: [b, ...]}`` for a
+        processor that adds fields besides its modality's)."""
         return np.stack(values)
 
     def finish(self, batch: np.ndarray) -> np.ndarray:
         return batch
+
+    def finish_into(self, batch: dict[str, np.ndarray]) -> None:
+        """Runs the batch stage on this processor's entries of ``batch``, in place."""
+        batch[self.modality] = self.finish(batch[self.modality])
 
     def fingerprint(self) -> str:
         """A stable description (resume checks that the pipeline did not change)."""
@@ -121,12 +127,15 @@ class ImageProcessor(Processor):
         return decode_image(value, where, self.preprocess.draft_size)
 
     def read(self, value, where, rng):
-        image = self.preprocess(self._decode(value, where), rng)
-        size = self.preprocess.image_size
+        return self._process(self.preprocess, self._decode(value, where), where, rng)
+
+    def _process(self, preprocess: Preprocess, decoded: Any, where: str, rng) -> np.ndarray:
+        image = preprocess(decoded, rng)
+        size = preprocess.image_size
         if image.shape[:2] != (size, size):
             raise ValueError(
                 f"{where}: {self.modality} must be uint8 [{size}, {size}, {self.channels}] after "
-                f"the ops {self.preprocess.spec!r}, got {image.dtype} {list(image.shape)}; end "
+                f"the ops {preprocess.spec!r}, got {image.dtype} {list(image.shape)}; end "
                 f"them with a fixed-size op such as center_crop or random_resized_crop"
             )
         return image[..., : self.channels]
@@ -144,6 +153,54 @@ class ImageProcessor(Processor):
 
     def fingerprint(self) -> str:
         return f"{super().fingerprint()}:{self.preprocess!r}"
+
+
+class MultiCropProcessor(ImageProcessor):
+    """An image processor that also cuts ``count`` local crops of each decoded image with
+    the ops ``local_spec`` at ``local_size`` (self-distillation, ``config.distill``), drawn
+    after the global view's ops from the same per-example generator. Batch entries:
+    ``<m>`` f32 [b, S, S, 3] and ``<m>_local`` f32 [b, count, h, h, 3] (both through their
+    spec's value op)."""
+
+    def __init__(
+        self,
+        modality: str,
+        field: str | None,
+        spec: str,
+        image_size: int,
+        *,
+        local_spec: str,
+        local_size: int,
+        count: int,
+    ):
+        super().__init__(modality, field, spec, image_size)
+        self.local = Preprocess(local_spec, local_size)
+        self.count = count
+        self.local_key = f"{modality}_local"
+
+    def read(self, value, where, rng):
+        decoded = self._decode(value, where)
+        image = self._process(self.preprocess, decoded, where, rng)
+        crops = [self._process(self.local, decoded, where, rng) for _ in range(self.count)]
+        return image, np.stack(crops)
+
+    def absent(self):
+        size = self.local.image_size
+        crops = np.zeros((self.count, size, size, self.channels), np.uint8)
+        return super().absent(), crops
+
+    def collate(self, values):
+        return {
+            self.modality: np.stack([v[0] for v in values]),
+            self.local_key: np.stack([v[1] for v in values]),
+        }
+
+    def finish_into(self, batch):
+        super().finish_into(batch)
+        batch[self.local_key] = self.local.normalize(batch[self.local_key])
+
+    def fingerprint(self) -> str:
+        return f"{super().fingerprint()}:local={self.count}x{self.local!r}"
 
 
 class DepthProcessor(ImageProcessor):
@@ -309,6 +366,8 @@ def make_processors(
     ``tokenizer``: the text modalities' (default: ``data.tokenizer`` at ``max_text_len``).
     Raises ValueError naming the config key of a bad spec or field.
     """
+    from multimodal_ssl import distill  # local: imports jax; grain workers never call this
+
     data = config.data
     fields = data.get("fields") or {}
     out: dict[str, Processor] = {}
@@ -320,7 +379,15 @@ def make_processors(
             if kind == "image":
                 key = f"config.data.{'pp_train' if train else 'pp_eval'}"
                 spec = data.pp_train if train else data.pp_eval
-                out[modality] = ImageProcessor(modality, field, spec, data.image_size)
+                local = distill.local_views(config) if train else None
+                if local is not None and local[0] == modality:
+                    key = "config.distill.local_pp"
+                    out[modality] = MultiCropProcessor(
+                        modality, field, spec, data.image_size,
+                        local_spec=local[1], local_size=local[2], count=local[3],
+                    )
+                else:
+                    out[modality] = ImageProcessor(modality, field, spec, data.image_size)
             elif kind == "depth":
                 spec = pp_spec(data, modality, DEFAULT_DEPTH_PP)
                 out[modality] = DepthProcessor(modality, field, spec, data.image_size)

@@ -130,7 +130,13 @@ class Collate:
         self.processors, self.masked = dict(processors), tuple(masked)
 
     def __call__(self, records: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
-        batch = {m: p.collate([r[m] for r in records]) for m, p in self.processors.items()}
+        batch = {}
+        for m, p in self.processors.items():
+            value = p.collate([r[m] for r in records])
+            if isinstance(value, dict):  # a processor adding fields (local crops)
+                batch.update(value)
+            else:
+                batch[m] = value
         for m in self.masked:
             batch[f"mask/{m}"] = np.array([r["present"][m] for r in records], bool)
         batch["label"] = np.array([r["label"] for r in records], np.int32)
@@ -141,8 +147,8 @@ class Collate:
 
 def finish_batch(batch: dict[str, np.ndarray], processors: Mapping[str, Processor]) -> None:
     """Runs every processor's batch stage in place (the image value ops)."""
-    for m, p in processors.items():
-        batch[m] = p.finish(batch[m])
+    for p in processors.values():
+        p.finish_into(batch)
 
 
 class _DropSkipped(grain.IterDataset):

@@ -437,13 +437,16 @@ def encode_and_pool(
     train: bool,
     name: str,
     mask: jnp.ndarray | None = None,
-) -> jnp.ndarray:
+    return_tokens: bool = False,
+) -> jnp.ndarray | tuple[jnp.ndarray, jnp.ndarray]:
     """The shared body of the transformer towers (ViT, text, sequence), called inside
     their compact ``__call__``: the pre-LN :class:`Encoder` named ``name`` over the tokens
     ``x`` [b, l, d], then :func:`pool_and_project`. Reads the tower's ``dropout``,
     ``stochastic_depth``, ``gelu_approximate``, ``scan``, ``remat``, ``pool`` and
     ``num_classes``; ``sizes``: its resolved ``depth``, ``mlp_dim``, ``num_heads``.
-    ``mask``: bool [b, l] of the real tokens (None: all), for attention and pooling."""
+    ``mask``: bool [b, l] of the real tokens (None: all), for attention and pooling.
+    ``return_tokens``: also return the encoder's output tokens [b, l, d] (after
+    ``encoder_norm``, before pooling)."""
     x = Encoder(
         sizes["depth"],
         sizes["mlp_dim"],
@@ -456,7 +459,7 @@ def encode_and_pool(
         stochastic_depth=tower.stochastic_depth,
         name=name,
     )(x, train=train, mask=mask)
-    return pool_and_project(
+    pooled = pool_and_project(
         x,
         tower.pool,
         mlp_dim=sizes["mlp_dim"],
@@ -466,6 +469,7 @@ def encode_and_pool(
         dtype=dtype,
         mask=mask,
     )
+    return (pooled, x) if return_tokens else pooled
 
 
 def pool_and_project(

@@ -55,6 +55,12 @@ class ViT(nn.Module):
     ``naflex_positions``: size of the learned position grid (a square number) when the
     inputs are NaFlex dicts (module doc); needs ``posemb="learn"``, no ``token_drop``.
     Image arrays then need ``sqrt(naflex_positions)`` patches a side.
+
+    Call options (self-distillation, ``multimodal_ssl/distill.py``; no params of their
+    own): ``patch_mask`` bool [b, h*w] with ``mask_token`` [width]: the embeddings of the
+    True patches are replaced by ``mask_token`` (before the position embedding, iBOT);
+    ``return_tokens=True``: returns ``(output, patch_tokens [b, h*w, width])``, the
+    encoder's output at the patch positions (class token left out).
     """
 
     variant: str | None = None
@@ -98,8 +104,14 @@ class ViT(nn.Module):
 
     @nn.compact
     def __call__(
-        self, image: jnp.ndarray | Mapping[str, jnp.ndarray], *, train: bool = False
-    ) -> jnp.ndarray:
+        self,
+        image: jnp.ndarray | Mapping[str, jnp.ndarray],
+        *,
+        train: bool = False,
+        patch_mask: jnp.ndarray | None = None,
+        mask_token: jnp.ndarray | None = None,
+        return_tokens: bool = False,
+    ) -> jnp.ndarray | tuple[jnp.ndarray, jnp.ndarray]:
         if self.pool not in POOLS:
             raise ValueError(f"ViT.pool: {self.pool!r} is not one of {list(POOLS)}")
         if self.posemb not in POSEMBS:
@@ -110,6 +122,8 @@ class ViT(nn.Module):
         dtype = compute_dtype(self.dtype)
         width, patch = sizes["width"], sizes["patch_size"]
         if isinstance(image, Mapping):
+            if patch_mask is not None or return_tokens:
+                raise ValueError("ViT: patch_mask / return_tokens do not take NaFlex inputs")
             x, mask = self._naflex_tokens(image, width, patch, dtype, train)
             return encode_and_pool(
                 self, x, sizes, dtype, train=train, name="Transformer", mask=mask
@@ -125,6 +139,13 @@ class ViT(nn.Module):
         )
         b, h, w, _ = x.shape
         x = x.reshape(b, h * w, width)
+        if patch_mask is not None:
+            if patch_mask.shape != (b, h * w) or mask_token is None:
+                raise ValueError(
+                    f"ViT.patch_mask: expected bool [{b}, {h * w}] and a mask_token "
+                    f"[{width}], got {patch_mask.shape} and {mask_token is not None}"
+                )
+            x = jnp.where(patch_mask[:, :, None], mask_token.astype(dtype), x)
         if self.posemb == "learn":
             pos = self.param(
                 "pos_embedding",
@@ -136,13 +157,21 @@ class ViT(nn.Module):
             pos = posemb_sincos2d(h, w, width)
         x = x + pos.astype(dtype)  # before the class token, which has no position
         if train and self.token_drop > 0:
+            if return_tokens:
+                raise ValueError("ViT.token_drop: patch tokens cannot be returned with it on")
             x = self._drop_tokens(x)
         if self.pool == "tok":
             cls = self.param("cls", nn.initializers.zeros, (1, 1, width), jnp.float32)
             x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (b, 1, width)), x], axis=1)
         x = nn.Dropout(rate=self.dropout)(x, deterministic=not train)
 
-        return encode_and_pool(self, x, sizes, dtype, train=train, name="Transformer")
+        out = encode_and_pool(
+            self, x, sizes, dtype, train=train, name="Transformer", return_tokens=return_tokens
+        )
+        if return_tokens:
+            pooled, tokens = out
+            return pooled, tokens[:, 1:] if self.pool == "tok" else tokens
+        return out
 
     def _naflex_tokens(
         self, inputs: Mapping[str, jnp.ndarray], width: int, patch: tuple, dtype, train: bool
