@@ -4,6 +4,7 @@ with one real fault injected into its own process (fault-injection tests).
 FAULT:
   ``kill@step:N``   SIGKILL right after train step N has run (before its metrics, evals or
                     checkpoint);
+  ``term@step:N``   SIGTERM (a preemption notice) right after train step N has run;
   ``kill@save:N``   SIGKILL inside the save of step N: orbax has started writing the
                     temporary directory but has not committed it;
   ``full@save:N``   every file write of this process fails from the save of step N on (the
@@ -29,7 +30,7 @@ def _kill() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _after_step(n: int) -> None:
+def _after_step(n: int, sig: signal.Signals) -> None:
     compile_step = train.compile_step
 
     def patched(step_fn, state, batch):
@@ -38,7 +39,7 @@ def _after_step(n: int) -> None:
         def run(state, batch):
             out = compiled(state, batch)
             if int(out[0].step) == n:
-                _kill()
+                os.kill(os.getpid(), sig)
             return out
 
         return run, info
@@ -66,8 +67,8 @@ def _install(fault: str) -> None:
         return
     kind, _, rest = fault.partition("@")
     where, _, n = rest.partition(":")
-    if kind == "kill" and where == "step":
-        _after_step(int(n))
+    if kind in ("kill", "term") and where == "step":
+        _after_step(int(n), signal.SIGKILL if kind == "kill" else signal.SIGTERM)
     elif where == "save" and kind in ("kill", "full"):
         _at_save(int(n), kind)
     else:

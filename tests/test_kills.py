@@ -1,9 +1,11 @@
-"""Processes killed for real (SIGKILL at chosen steps and inside a save) and a disk that
-refuses a save: the same command resumes and ends bit for bit where an uninterrupted run
-ends. The children share a JAX compilation cache, so each restart skips compilation."""
+"""Processes signalled for real (SIGKILL at chosen steps and inside a save, SIGTERM) and a
+disk that refuses a save: the same command resumes and ends bit for bit where an
+uninterrupted run ends. The children share a JAX compilation cache, so each restart
+skips compilation."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from multimodal_ssl.checkpointing import verify
+from multimodal_ssl.metrics import read_metrics
 from tests.test_train import ROOT, losses
 
 STEPS, EVERY = 40, 5
@@ -95,6 +98,28 @@ def _leaves(tree):
     import jax
 
     return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def _logged_steps(workdir) -> list[int]:
+    with open(workdir / "metrics.jsonl") as f:
+        return [json.loads(line)["step"] for line in f if "train/loss" in line]
+
+
+def test_sigterm_checkpoints_the_current_step_and_the_command_resumes(tmp_path, cache):
+    """The process finishes its step, saves it and exits 0; the same command resumes from
+    that step, and metrics.jsonl holds each step once."""
+    stop_at = 7  # not a checkpoint step
+    run = _child(tmp_path, f"term@step:{stop_at}", cache)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert _saved(tmp_path) == [5, stop_at]
+    assert f"Stopped by SIGTERM after step {stop_at}; its checkpoint is written" in run.stderr
+    with open(tmp_path / "metrics.jsonl", "a") as f:  # as if logged after the checkpoint
+        f.write(json.dumps({"step": stop_at + 1, "train/loss": -1.0}) + "\n")
+    resumed = _child(tmp_path, "none", cache)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Restored checkpoint of step {stop_at}" in resumed.stderr
+    assert _logged_steps(tmp_path) == list(range(1, STEPS + 1))  # each once, stale one replaced
+    assert read_metrics(str(tmp_path))[stop_at + 1]["train/loss"] > 0
 
 
 @pytest.mark.filterwarnings("ignore:Sharding info not provided")
