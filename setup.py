@@ -36,6 +36,7 @@ EXTRAS_REQUIRE = {
     "tpu": ["jax[tpu]>=0.10.2,<0.11"],
     "dev": [
         "pytest>=9.0,<10",
+        "pytest-xdist==3.8.0",  # the suite runs on 2 workers (README: Test)
         "ruff==0.17.6",
         "matplotlib>=3.8,<4",
         # Reference implementations for the converter tests (CPU wheel of torch).
