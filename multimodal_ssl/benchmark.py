@@ -38,11 +38,11 @@ import ml_collections
 from absl import app, flags, logging
 
 from multimodal_ssl import evaluate, pretrained
+from multimodal_ssl.builder import build_evaluator
 from multimodal_ssl.config import base_config
 from multimodal_ssl.data.modalities import make_processors
-from multimodal_ssl.data.sources import DataOptions
 from multimodal_ssl.data.tokenizers import get_tokenizer
-from multimodal_ssl.evals import benchmarks, get_evaluator
+from multimodal_ssl.evals import benchmarks
 from multimodal_ssl.recipes import benchmark_evals
 from multimodal_ssl.sharding import make_mesh
 
@@ -147,14 +147,7 @@ def run_benchmarks(
             continue
         start = time.time()
         try:  # opening the data: a dataset that is not prepared is reported, not fatal
-            evaluator = get_evaluator(cfg.type)(
-                name,
-                cfg,
-                processors=processors,
-                image_size=config.data.image_size,
-                seed=config.seed,
-                source_kwargs=DataOptions.from_config(config.data),
-            )
+            evaluator = build_evaluator(config, name, processors)
         except ValueError as e:
             logging.warning("%s: not run: %s", name, e)
             rows.append({**row, "error": str(e)})

@@ -38,21 +38,26 @@ from multimodal_ssl.sharding import check_global_batch, make_mesh
 from multimodal_ssl.train_state import TrainState, init_state, make_train_step
 
 
+def build_evaluator(
+    config: ml_collections.ConfigDict, name: str, processors: dict[str, Processor]
+) -> Evaluator:
+    """The evaluator ``config.evals[name]`` with the eval ``processors`` (opens its data)."""
+    cfg = config.evals[name]
+    return get_evaluator(cfg.type)(
+        name,
+        cfg,
+        processors=processors,
+        image_size=config.data.image_size,
+        seed=config.seed,
+        source_kwargs=DataOptions.from_config(config.data),
+    )
+
+
 def build_evaluators(
     config: ml_collections.ConfigDict, processors: dict[str, Processor]
 ) -> dict[str, Evaluator]:
     """``{name: Evaluator}`` of ``config.evals`` with the eval ``processors``."""
-    return {
-        name: get_evaluator(cfg.type)(
-            name,
-            cfg,
-            processors=processors,
-            image_size=config.data.image_size,
-            seed=config.seed,
-            source_kwargs=DataOptions.from_config(config.data),
-        )
-        for name, cfg in config.evals.items()
-    }
+    return {name: build_evaluator(config, name, processors) for name in config.evals}
 
 
 class Experiment:
