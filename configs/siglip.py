@@ -75,7 +75,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     elif arg == "probes":  # + k-NN and linear probe at the end (~40 s more on 2 CPU cores)
         config.evals.update(shapes_probe_evals(every_steps=config.total_steps))
     elif arg:
-        raise ValueError(f"configs/siglip.py: unknown variant {arg!r}; known: 'tiny', 'probes'")
+        raise ValueError(
+            f"configs/siglip.py: unknown variant {arg!r}; known: 'tiny', 'probes' and the "
+            f"paper scales {variant_names()}"
+        )
     return config
 
 
