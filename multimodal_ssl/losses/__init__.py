@@ -36,16 +36,6 @@ from multimodal_ssl.losses.ring_softmax import softmax_ring
 __all__ = ["LOSSES", "get_loss", "sigmoid_loss", "softmax_loss"]
 
 
-def _prepare(x, y, impl, mesh, chunk_size, batch_axes):
-    common.check_pair(x, y)
-    common.check_impl(impl)
-    common.check_chunk_size(chunk_size)
-    if impl == "global" and mesh is not None:
-        axes = common.resolve_batch_axes(mesh, batch_axes)
-        x, y = common.place_batch(mesh, axes, x, y)
-    return x, y
-
-
 def sigmoid_loss(
     x: jax.Array,
     y: jax.Array,
@@ -64,7 +54,7 @@ def sigmoid_loss(
     ``z_ii = +1``, all other pairs are negatives. Returns a scalar (f32; f64 for f64 x).
     Raises ValueError for bad shapes, impl, chunk_size, mesh or batch_axes.
     """
-    x, y = _prepare(x, y, impl, mesh, chunk_size, batch_axes)
+    x, y = common.prepare_pair(x, y, impl, mesh, chunk_size, batch_axes)
     t, b = common.check_scalar("t", t), common.check_scalar("b", b)
     if impl == "global":
         return pairwise.sigmoid_global(x, y, t, b)
@@ -90,7 +80,7 @@ def softmax_loss(
     (f32/bf16/f64, accumulated in >= f32), t: scalar log-scale. Returns a scalar.
     Raises ValueError for bad shapes, impl, chunk_size, mesh or batch_axes.
     """
-    x, y = _prepare(x, y, impl, mesh, chunk_size, batch_axes)
+    x, y = common.prepare_pair(x, y, impl, mesh, chunk_size, batch_axes)
     t = common.check_scalar("t", t)
     if impl == "global":
         return pairwise.softmax_global(x, y, t)

@@ -152,3 +152,14 @@ def replicate_rows(a: jax.Array) -> jax.Array:
     if isinstance(sharding, NamedSharding) and any(sharding.spec):
         return jax.sharding.reshard(a, sharding.update(spec=P()))
     return a
+
+
+def prepare_pair(x, y, impl, mesh, chunk_size, batch_axes) -> tuple[jax.Array, jax.Array]:
+    """The checks every pairwise loss starts with (shapes, ``impl``, ``chunk_size``); for
+    ``impl="global"`` on a mesh, ``x, y`` placed with their rows on the batch axes."""
+    check_pair(x, y)
+    check_impl(impl)
+    check_chunk_size(chunk_size)
+    if impl == "global" and mesh is not None:
+        x, y = place_batch(mesh, resolve_batch_axes(mesh, batch_axes), x, y)
+    return x, y

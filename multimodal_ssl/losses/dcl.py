@@ -11,8 +11,9 @@ positive decouples the gradient of the positive from the negatives (no
 ``1 - p_ii`` damping at small batch). The loss can be negative; it needs B >= 2.
 
 Implementations as :func:`multimodal_ssl.losses.softmax_loss` (``global``,
-``all_gather``, ``ring``; equal in value and gradient); the ring is the CLIP ring with the
-positives kept out of the log-sum-exps (``ring_softmax.softmax_ring(decoupled=True)``).
+``all_gather``, ``ring``; equal in value and gradient); the sharded ones are CLIP's with
+the positives kept out of the log-sum-exps (``decoupled=True`` of
+``pairwise.softmax_all_gather`` and ``ring_softmax.softmax_ring``).
 """
 
 from __future__ import annotations
@@ -41,24 +42,6 @@ def dcl_global(x: jax.Array, y: jax.Array, t: jax.Array) -> jax.Array:
     return (img2txt + txt2img) / 2
 
 
-def dcl_all_gather(
-    x: jax.Array, y: jax.Array, t: jax.Array, *, axes: tuple[str, ...], W: int
-) -> jax.Array:
-    """Per-device DCL body for ``jax.shard_map`` (gathers all texts; see
-    :func:`multimodal_ssl.losses.pairwise.softmax_all_gather`). Returns the global loss."""
-    n = x.shape[0]
-    logits, pos_mask = pairwise._gathered_block(x, y, t, axes)
-    pos = jnp.sum(jnp.where(pos_mask, logits, 0), axis=1)
-    negatives = jnp.where(pos_mask, -jnp.inf, logits)
-    row_lse = jax.nn.logsumexp(negatives, axis=1)
-    col_max = jax.lax.pmax(jax.lax.stop_gradient(jnp.max(negatives, axis=0)), axes)
-    col_sum = jax.lax.psum(jnp.sum(jnp.exp(negatives - col_max), axis=0), axes)
-    col_lse = col_max + jnp.log(col_sum)
-    own_cols = jax.lax.dynamic_slice_in_dim(col_lse, jax.lax.axis_index(axes) * n, n)
-    local = jnp.sum(row_lse - pos) + jnp.sum(own_cols - pos)
-    return jax.lax.psum(local, axes) / (2 * n * W)
-
-
 def dcl_loss(
     x: jax.Array,
     y: jax.Array,
@@ -72,17 +55,13 @@ def dcl_loss(
     """DCL loss (module docstring). x, y: ``[B, d]`` (row i pairs with row i, B >= 2);
     t: scalar log-scale; ``impl``, ``mesh``, ``chunk_size``, ``batch_axes`` as
     :func:`multimodal_ssl.losses.softmax_loss`. Returns a scalar."""
-    common.check_pair(x, y)
-    common.check_impl(impl)
-    common.check_chunk_size(chunk_size)
+    x, y = common.prepare_pair(x, y, impl, mesh, chunk_size, batch_axes)
     if x.shape[0] < 2:
         raise ValueError(f"dcl needs a batch of at least 2 rows (negatives), got {x.shape}")
     t = common.check_scalar("t", t)
     if impl == "global":
-        if mesh is not None:
-            x, y = common.place_batch(mesh, common.resolve_batch_axes(mesh, batch_axes), x, y)
         return dcl_global(x, y, t)
-    body = dcl_all_gather
+    body = partial(pairwise.softmax_all_gather, decoupled=True)
     if impl == "ring":
         body = partial(softmax_ring, chunk_size=chunk_size, decoupled=True)
     return common.run_sharded(body, mesh, batch_axes, impl, x, y, t)

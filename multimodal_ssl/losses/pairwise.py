@@ -102,17 +102,26 @@ def sigmoid_all_gather(
 
 
 def softmax_all_gather(
-    x: jax.Array, y: jax.Array, t: jax.Array, *, axes: tuple[str, ...], W: int
+    x: jax.Array,
+    y: jax.Array,
+    t: jax.Array,
+    *,
+    axes: tuple[str, ...],
+    W: int,
+    decoupled: bool = False,
 ) -> jax.Array:
     """Per-device CLIP body for ``jax.shard_map``: x, y local ``[b, d]``; t replicated.
 
     Row log-sum-exps are local; column ones combine every device's ``[b, B]`` block with a
     ``pmax`` (no gradient needed: the shift cancels) and a ``psum`` of the shifted sums.
+    ``decoupled`` (DCL, ``losses/dcl.py``): the positives stay out of the log-sum-exps.
     Returns the global loss, replicated.
     """
     n = x.shape[0]
     logits, pos_mask = _gathered_block(x, y, t, axes)
     pos = jnp.sum(jnp.where(pos_mask, logits, 0), axis=1)
+    if decoupled:
+        logits = jnp.where(pos_mask, -jnp.inf, logits)
     row_lse = jax.nn.logsumexp(logits, axis=1)
     col_max = jax.lax.pmax(jax.lax.stop_gradient(jnp.max(logits, axis=0)), axes)
     col_sum = jax.lax.psum(jnp.sum(jnp.exp(logits - col_max), axis=0), axes)
