@@ -45,7 +45,14 @@ def make_model(seed: int = 0) -> SiglipModel:
         },
     )
     torch.manual_seed(seed)
-    model = SiglipModel(config).eval()
+    return perturbed(SiglipModel(config), seed)
+
+
+def perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """``model`` (a random transformers SigLIP / SigLIP 2) in eval mode with N(0, 0.1)
+    noise on every param, ``t = log 8`` and ``b = -2.5``: far enough from the init that
+    a wrong layout or scale cannot pass."""
+    model = model.eval()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():

@@ -49,14 +49,7 @@ def _make_model() -> Siglip2Model:
         },
     )
     torch.manual_seed(0)
-    model = Siglip2Model(config).eval()
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=gen))
-        model.logit_scale.fill_(np.log(8.0))
-        model.logit_bias.fill_(-2.5)
-    return model
+    return ref.perturbed(Siglip2Model(config))
 
 
 @pytest.fixture(scope="module")
