@@ -1,13 +1,15 @@
-"""SigLIP 2's self-supervised terms (Tschannen et al. 2025) on the SigLIP recipe
-(configs/siglip.py): for the last 20 % of training the image tower also learns
-local-to-global consistency (SILC) and masked patch prediction (TIPS) against its EMA
-teacher (multimodal_ssl/distill.py; README "SigLIP 2: self-distillation").
+"""SigLIP 2 (Tschannen et al. 2025) on the SigLIP recipe (configs/siglip.py): a LocCa text
+decoder on the image tower's patch tokens learns captioning, referring expressions and
+grounded captioning all along (multimodal_ssl/locca.py), and for the last 20 % of
+training the image tower also learns local-to-global consistency (SILC) and masked patch
+prediction (TIPS) against its EMA teacher (multimodal_ssl/distill.py; README "SigLIP 2").
 
     python -m multimodal_ssl.main --config=configs/siglip2.py --workdir=/tmp/siglip2
     python -m multimodal_ssl.main --config=configs/siglip2.py:tiny --workdir=/tmp/siglip2_tiny
 
-Each term is one key: ``--config.distill.local_weight=0`` or
-``--config.distill.masked_weight=0`` switches it off. Variants: those of siglip.py.
+Each term is one key: ``--config.decoder.weight=0``, ``--config.distill.local_weight=0``
+or ``--config.distill.masked_weight=0`` switches it off. Variants: those of siglip.py.
+The ``locca`` eval greedily decodes captions, boxes and names on held-out scenes.
 """
 
 import os
@@ -19,6 +21,13 @@ from multimodal_ssl.recipes import load_recipe
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = load_recipe(os.path.join(os.path.dirname(__file__), "siglip.py"), arg)
+    dec = config.decoder
+    dec.weight = 1.0  # LocCa / SigLIP 2: the decoder loss next to the sigmoid loss, weight 1
+    dec.width, dec.depth, dec.num_heads, dec.mlp_dim = 128, 2, 4, 512
+    config.evals.locca = {
+        "type": "locca", "data": "generated:shapes:test", "every_steps": config.total_steps,
+        "max_examples": 256,
+    }
     d = config.distill
     d.local_weight = 1.0  # SigLIP 2: 1 for the local-to-global term,
     d.masked_weight = 0.25  # 0.25 for masked prediction
@@ -35,6 +44,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         d.ema = 0.9
         d.num_local = 2
         d.head_hidden, d.head_bottleneck, d.prototypes = 32, 16, 32
+        dec.width, dec.depth, dec.num_heads, dec.mlp_dim = 32, 1, 2, 64
+        config.evals.locca.max_examples = 32
         config.model.towers.image.patch_size = 4  # 16 patches at 16 px, 4 at 8 px
     else:
         d.head_hidden, d.head_bottleneck, d.prototypes = 512, 128, 1024

@@ -23,7 +23,7 @@ import ml_collections
 from jax.sharding import Mesh
 
 from multimodal_ssl import config as config_lib
-from multimodal_ssl import distill, pretrained
+from multimodal_ssl import distill, locca, pretrained
 from multimodal_ssl.checkpointing import abstract_like
 from multimodal_ssl.data.modalities import Processor, make_processors
 from multimodal_ssl.data.pipeline import TrainLoader, train_loader_from_config
@@ -68,7 +68,8 @@ class Experiment:
     Attributes: ``config``, ``mesh``, ``tokenizer``, ``model`` (:class:`MultiTower`),
     ``imported`` (pretrained subtrees), ``eval_processors`` (``{modality: Processor}``),
     ``input_specs`` (``{modality: ShapeDtypeStruct [1, ...]}``), ``distill``
-    (:class:`~multimodal_ssl.distill.SelfDistill` or None: ``config.distill`` off).
+    (:class:`~multimodal_ssl.distill.SelfDistill` or None: ``config.distill`` off),
+    ``locca`` (:class:`~multimodal_ssl.locca.LocCa` or None: ``config.decoder`` off).
     """
 
     def __init__(
@@ -94,6 +95,9 @@ class Experiment:
             self.distill = distill.SelfDistill(
                 self.config.distill, self.model, self.config.total_steps
             )
+        self.locca: locca.LocCa | None = None
+        if locca.enabled(self.config):
+            self.locca = locca.LocCa(self.config.decoder, self.model, self.tokenizer.vocab_size)
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -112,6 +116,8 @@ class Experiment:
         keys = (*self.inputs, *(f"mask/{m}" for m in self.masked))
         if self.distill is not None and self.distill.local:
             keys = (*keys, self.distill.local_key)
+        if self.locca is not None:
+            keys = (*keys, *self.locca.batch_keys)
         return keys
 
     def train_loader(self) -> TrainLoader:
@@ -125,7 +131,7 @@ class Experiment:
             shard_index=jax.process_index(),
             shard_count=jax.process_count(),
         )
-        self.masked = loader.masked
+        self.masked = [m for m in loader.masked if m in self.inputs]  # not locca's rows
         return loader
 
     @functools.cached_property
@@ -153,6 +159,7 @@ class Experiment:
             self.input_specs,
             self.imported,
             self.distill,
+            self.locca,
         )
 
     def train_step(self, state: TrainState):
@@ -168,6 +175,7 @@ class Experiment:
             abstract_like(state),
             self.masked,
             self.distill,
+            self.locca,
         )
 
     def evaluators(self) -> dict[str, Evaluator]:
@@ -178,4 +186,6 @@ class Experiment:
         """A jitted, batch-sharded embedder of every tower (``params`` set if given)."""
         embedder = Embedder(self.model, self.mesh)
         embedder.params = params
+        if self.locca is not None:  # greedy decoding, for the locca evals
+            embedder.extra_fns["locca"] = locca.Captioner(self.locca, embedder, self.tokenizer)
         return embedder

@@ -167,6 +167,11 @@ def base_config() -> ml_collections.ConfigDict:
     from multimodal_ssl import distill  # local: keep config import light
 
     c.distill = distill.default_config()
+    # SigLIP 2's LocCa decoder (captioning, referring expressions, grounded captioning) on
+    # the image tower's patch tokens; off while decoder.weight is 0 (multimodal_ssl/locca.py).
+    from multimodal_ssl import locca
+
+    c.decoder = locca.default_config()
     return c
 
 
@@ -422,9 +427,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _check_positive("profile.start_step", config.profile.start_step)
     _check_positive("profile.num_steps", config.profile.num_steps)
 
-    from multimodal_ssl import distill
+    from multimodal_ssl import distill, locca
 
     distill.validate(config)
+    locca.validate(config)
 
     from multimodal_ssl.evals import get_evaluator  # local: evals import data and models
 

@@ -25,10 +25,12 @@ class Embedder:
     """
 
     def __init__(self, model: MultiTower, mesh: Mesh):
-        self._mesh = mesh
+        self.mesh = mesh
         self._shards = batch_size_per_step(mesh)
         self.modalities = tuple(model.towers)
         self.params = None
+        # More callables handed to the evaluators by name (e.g. "locca": a Captioner).
+        self.extra_fns: dict[str, Callable] = {}
         out = replicated(mesh)
         self._fns = {
             m: jax.jit(
@@ -52,7 +54,7 @@ class Embedder:
         if padded != n:
             pad = np.zeros((padded - n, *inputs.shape[1:]), inputs.dtype)
             inputs = np.concatenate([inputs, pad])
-        x = jax.device_put(inputs, batch_sharding(self._mesh))
+        x = jax.device_put(inputs, batch_sharding(self.mesh))
         return np.asarray(self._fns[modality](self.params, x))[:n]
 
     def padded_size(self, n: int) -> int:
@@ -63,12 +65,13 @@ class Embedder:
         """NaFlex image dict (``patches`` [B, N, p*p*C], ``mask`` [B, N],
         ``spatial_shapes`` [B, 2]; B a multiple of the batch shards, see
         :meth:`padded_size`) -> f32 [n, d] of its first ``n`` images."""
-        x = jax.device_put(inputs, batch_sharding(self._mesh))
+        x = jax.device_put(inputs, batch_sharding(self.mesh))
         return np.asarray(self.naflex_fn(self.params, x))[:n]
 
     def embed_fns(self) -> dict[str, EmbedFn]:
-        """``{modality: inputs -> embeddings}`` for every tower (what evaluators take)."""
-        return {m: functools.partial(self.embed, m) for m in self.modalities}
+        """``{modality: inputs -> embeddings}`` for every tower (what evaluators take), and
+        :attr:`extra_fns`."""
+        return {**{m: functools.partial(self.embed, m) for m in self.modalities}, **self.extra_fns}
 
     def embed_images(self, images: np.ndarray) -> np.ndarray:
         """images: f32 [n, H, W, 3] in the model's value range -> [n, d]."""

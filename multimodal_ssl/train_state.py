@@ -20,6 +20,8 @@ from jax.sharding import Mesh
 from multimodal_ssl import gradcache
 from multimodal_ssl.distill import PARAMS as DISTILL_PARAMS
 from multimodal_ssl.distill import SelfDistill
+from multimodal_ssl.locca import PARAMS as DECODER_PARAMS
+from multimodal_ssl.locca import TOKENS, LocCa
 from multimodal_ssl.losses.objectives import Objective
 from multimodal_ssl.models.activation_sharding import batch_sharded_activations
 from multimodal_ssl.models.towers import MultiTower
@@ -34,6 +36,7 @@ from multimodal_ssl.sharding import (
 
 _MICRO = "_microbatch"  # batch leaf added in the step: each row's micro-batch index
 _LOSS_STREAM = 0x7FFFFFFF  # folded into the step key for the objective (micro-batches use 0..M-1)
+_DECODER_STREAM = 0x7FFFFFFE  # ... and for the decoder's dropout
 
 
 # Bits of ``TrainState.health["what"]``: which values of a step were non-finite.
@@ -77,16 +80,20 @@ def _state_init_fn(
     tx: optax.GradientTransformation,
     inputs: Mapping[str, jax.ShapeDtypeStruct],
     distill: SelfDistill | None = None,
+    decoder: LocCa | None = None,
 ) -> Callable[[jax.Array, dict[str, Any]], TrainState]:
     """``init_fn(rng, imported) -> TrainState``: the towers (initialised on zeros shaped
     like ``inputs``), the objective's scalars, ``imported`` subtrees over them; with
     ``distill``, its head (``params["distill"]``) and the teacher (a copy of the
-    student's tower) in a :class:`DistillTrainState`."""
+    student's tower) in a :class:`DistillTrainState`; with ``decoder``, LocCa's decoder
+    (``params["decoder"]``)."""
     dummy = {m: jnp.zeros(s.shape, s.dtype) for m, s in inputs.items()}
 
     def init_fn(rng, imported):
         params = {**model.init(rng, dummy)["params"], **objective.init_params(), **imported}
         extra = {}
+        if decoder is not None:
+            params[DECODER_PARAMS] = decoder.init_params(jax.random.fold_in(rng, 3))
         if distill is not None:
             head_rng = jax.random.fold_in(rng, 2)
             params[DISTILL_PARAMS] = distill.init_params(head_rng, model.embed_dim)
@@ -112,14 +119,16 @@ def init_state(
     inputs: Mapping[str, jax.ShapeDtypeStruct],
     imported: dict[str, Any] | None = None,
     distill: SelfDistill | None = None,
+    decoder: LocCa | None = None,
 ) -> TrainState:
     """Initialises the towers from ``config.seed`` (with ``inputs``: one example's
     ``[1, ...]`` shape per modality) and the objective's scalars, directly into their
     shardings. ``imported``: top-level subtrees (``{"img": ...}``, from
     ``pretrained.init_from_config``) that replace the random ones. ``distill``: adds its
-    head (``params["distill"]``) and the teacher (a copy of the student's tower)."""
+    head (``params["distill"]``) and the teacher (a copy of the student's tower);
+    ``decoder``: LocCa's decoder (``params["decoder"]``)."""
     imported = imported or {}
-    init_fn = _state_init_fn(model, objective, tx, inputs, distill)
+    init_fn = _state_init_fn(model, objective, tx, inputs, distill, decoder)
     rng = jax.random.key(config.seed)
     abstract = jax.eval_shape(init_fn, rng, imported)
     shardings = state_shardings(abstract, mesh, config.sharding)
@@ -134,12 +143,15 @@ def abstract_state(
     mesh: Mesh,
     inputs: Mapping[str, jax.ShapeDtypeStruct],
     distill: SelfDistill | None = None,
+    decoder: LocCa | None = None,
 ) -> TrainState:
     """The state :func:`init_state` would make, as ``jax.ShapeDtypeStruct`` leaves with
     their shardings; nothing is allocated (for compile-only memory plans:
     ``make_train_step(..., abstract_state(...)).lower(state, batch).compile()``)."""
     abstract = jax.eval_shape(
-        _state_init_fn(model, objective, tx, inputs, distill), jax.random.key(config.seed), {}
+        _state_init_fn(model, objective, tx, inputs, distill, decoder),
+        jax.random.key(config.seed),
+        {},
     )
     shardings = state_shardings(abstract, mesh, config.sharding)
     return jax.tree.map(
@@ -179,6 +191,7 @@ def make_train_step(
     abstract_state: TrainState,
     masked: Sequence[str] = (),
     distill: SelfDistill | None = None,
+    decoder: LocCa | None = None,
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """One jitted step with donated state; in/out shardings are those of ``abstract_state``.
 
@@ -193,6 +206,8 @@ def make_train_step(
     ``distill``: adds the self-distillation terms (``distill.py``; their own full-batch
     backward, ``train/loss/local_global``, ``train/loss/masked``) and the teacher's EMA
     update; the batch then also holds ``<modality>_local`` for local crops.
+    ``decoder``: adds LocCa's decoder loss (``locca.py``) on the patch tokens of the same
+    forward pass (``train/loss/locca*``); the batch then also holds ``locca/*``.
     """
     microbatches = config.optim.microbatches
     rows_per_shard = config.batch_size // batch_size_per_step(mesh)
@@ -202,6 +217,7 @@ def make_train_step(
             f"rows per batch shard (batch_size {config.batch_size}, mesh {dict(mesh.shape)})"
         )
     modalities = (*model.towers, *(model.views or {}))  # towers' inputs and their views
+    tokens_of = (decoder.modality,) if decoder is not None else ()
     nan_policy = config.train.nan_policy
     freeze = config.optim.freeze
     trainable_at_start, _ = partition_frozen(abstract_state.params, freeze)  # fails if bad
@@ -226,13 +242,23 @@ def make_train_step(
             variables = {"params": merge_params(params, frozen)}
             with batch_sharded_activations(batch_sharding(mesh)):
                 return model.apply(
-                    variables, x, train=True, normalize=objective.unit_rows, rngs={"dropout": rng}
+                    variables, x, train=True, normalize=objective.unit_rows,
+                    rngs={"dropout": rng}, return_tokens=tokens_of,
                 )
 
         def loss_fn(params, emb):
             # Objectives that sample (Symile's shuffled negatives) get their own stream.
             rng = jax.random.fold_in(step_rng, _LOSS_STREAM)
-            return objective(emb, merge_params(params, frozen), masks=masks, mesh=mesh, rng=rng)
+            params = merge_params(params, frozen)
+            tokens = {k: v for k, v in emb.items() if k.startswith(TOKENS)}
+            emb = {k: v for k, v in emb.items() if not k.startswith(TOKENS)}
+            loss, aux = objective(emb, params, masks=masks, mesh=mesh, rng=rng)
+            if decoder is not None:
+                d_rng = jax.random.fold_in(step_rng, _DECODER_STREAM)
+                tokens = tokens[TOKENS + decoder.modality]
+                d_loss, d_metrics = decoder.loss(params, tokens, batch, d_rng)
+                loss, aux = loss + d_loss, {**aux, **d_metrics}
+            return loss, aux
 
         (loss, aux), grads = gradcache.value_and_grad(
             embed_fn, loss_fn, trainable, inputs, microbatches, batch_sharding(mesh)

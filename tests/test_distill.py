@@ -1,7 +1,8 @@
 """SigLIP 2 self-distillation (multimodal_ssl/distill.py, losses/distill.py): the losses
 against a naive float64 reference, the EMA and centering updates, no gradient to the
 teacher, the ViT options, and a run of configs/siglip2.py:tiny that switches the terms
-on at the configured step and resumes from a checkpoint bit for bit."""
+on at the configured step (with the LocCa decoder on throughout) and resumes from a
+checkpoint bit for bit."""
 
 import math
 from pathlib import Path
@@ -217,7 +218,10 @@ def test_siglip2_switches_on_at_its_step_and_resumes_bitwise_with_the_teacher(tm
     config = _siglip2_tiny()
     exp = Experiment(config, jax.devices()[:1])
     sd, m = exp.distill, config.distill.ema
-    assert sd.start_step == 3 and exp.batch_keys == ("image", "text", "image_local")
+    locca_keys = tuple(f"locca/{k}" for k in ("inputs", "labels", "weights", "valid",
+                                               "parallel", "task"))
+    assert sd.start_step == 3
+    assert exp.batch_keys == ("image", "text", "image_local", *locca_keys)  # decoder on too
     loader = iter(exp.train_loader())
     state = exp.init_state()
     abstract = abstract_like(state)  # what a fresh process's init_state() gives
@@ -247,7 +251,7 @@ def test_siglip2_switches_on_at_its_step_and_resumes_bitwise_with_the_teacher(tm
         np.testing.assert_allclose(
             out["train/loss"],
             out["train/loss/image_text"] + out["train/loss/local_global"]
-            + 0.25 * out["train/loss/masked"], rtol=1e-6)
+            + 0.25 * out["train/loss/masked"] + out["train/loss/locca"], rtol=1e-6)
     assert _leaves_equal(history[3].params["distill"], history[0].params["distill"])
     assert _leaves_equal(history[3].teacher, history[0].teacher)
     assert not _leaves_equal(history[4].params["distill"], history[3].params["distill"])

@@ -404,6 +404,11 @@ def make_processors(
                 )
         except ValueError as e:
             raise ValueError(f"{key}: {e}") from None
+    from multimodal_ssl import locca  # local: imports jax, as distill
+
+    if train and locca.enabled(config):
+        tok = tokenizer or get_tokenizer(data.tokenizer, data.max_text_len)
+        out["locca"] = locca.make_processor(config.decoder, tok)
     if train:
         for view, modality in (data.get("views") or {}).items():
             if modality not in out:

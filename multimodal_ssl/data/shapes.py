@@ -232,6 +232,15 @@ _EXTENT = {
 }  # half-width of a box around the centre holding it
 
 
+def half_extent(name: str, radius: float) -> tuple[float, float]:
+    """Half width and half height of the bounding box of shape ``name`` whose equal-area
+    circle has ``radius`` (any unit; the triangle is centred on its bounding box)."""
+    if name == "triangle":
+        side = radius * _TRIANGLE_SIDE
+        return side / 2, side * math.sqrt(3) / 4
+    return _EXTENT[name] * radius, _EXTENT[name] * radius
+
+
 def _signed_distance(name: str, dx: np.ndarray, dy: np.ndarray, radius: float) -> np.ndarray:
     """Signed distance (negative inside) from offsets ``dx`` [1, w], ``dy`` [h, 1] to the
     outline of shape ``name`` of area pi * radius^2 centred at 0 -> [h, w]. Polygons use
@@ -347,15 +356,16 @@ class ShapesSource:
     shape_label int, color_label int, id int (= i). Deterministic in (seed, split, i).
     With field ``requests`` (:mod:`.fields`) the record holds ``record[r.key]`` for each
     request instead of image/depth/caption; fields: ``image``, ``depth``, ``caption``
-    (also the default of key ``text``) and ``audio`` (f32 [T] waveform at
-    ``options.audio_sample_rate``, synthesised only when requested).
+    (also the default of key ``text``), ``audio`` (f32 [T] waveform at
+    ``options.audio_sample_rate``, synthesised only when requested) and ``locca`` (the
+    caption and every object's name and box, :func:`.locca_tasks.shapes_field`).
     Attributes ``classnames`` (label order) and ``templates`` serve the zero-shot eval;
     ``label_key`` (an eval's): ``label`` (shape+colour, default), ``shape_label`` or
     ``color_label`` becomes the record's ``label``, with that kind's class names and
     prompts neutral in the other attribute.
     """
 
-    FIELDS = ("image", "depth", "caption", "audio")
+    FIELDS = ("image", "depth", "caption", "audio", "locca")
 
     def __init__(
         self,
@@ -425,6 +435,10 @@ class ShapesSource:
             fields["image"], fields["depth"] = render(scene, self.image_size)
         if "caption" in names:
             fields["caption"] = caption(scene)
+        if "locca" in names:  # LocCa's caption and object boxes (data/locca_tasks.py)
+            from multimodal_ssl.data.locca_tasks import shapes_field
+
+            fields["locca"] = shapes_field(scene)
         if "audio" in names:
             from multimodal_ssl.data import shapes_audio  # local: it imports this module
 

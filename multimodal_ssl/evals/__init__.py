@@ -10,7 +10,8 @@ An evaluator type is a :class:`~multimodal_ssl.evals.common.Evaluator` subclass 
 * ``run({modality: embed_fn}) -> {"eval/<name>/<metric>": float}``.
 
 Types: ``zeroshot``, ``retrieval``, ``knn``, ``linear_probe`` (both fit on a labelled
-``train_data`` split), ``geometry``. Adding a type means one entry in ``EVALUATORS``.
+``train_data`` split), ``geometry``, ``locca`` (greedy decoding of SigLIP 2's
+decoder). Adding a type means one entry in ``EVALUATORS``.
 The metric functions (``zeroshot_metrics``, ``retrieval_metrics``, ``knn_metrics``,
 ``linear_probe_metrics``, ``geometry_metrics``, ``class_embeddings``) are pure and need
 no model. :mod:`.benchmarks` holds the standard zero-shot and retrieval benchmarks (class
@@ -23,6 +24,7 @@ from multimodal_ssl.evals.common import Evaluator
 from multimodal_ssl.evals.geometry import GeometryEvaluator, geometry_metrics
 from multimodal_ssl.evals.knn import KnnEvaluator, knn_metrics
 from multimodal_ssl.evals.linear_probe import LinearProbeEvaluator, linear_probe_metrics
+from multimodal_ssl.evals.locca import LoccaEvaluator
 from multimodal_ssl.evals.retrieval import RetrievalEvaluator, retrieval_metrics
 from multimodal_ssl.evals.zeroshot import ZeroShotEvaluator, class_embeddings, zeroshot_metrics
 
@@ -34,6 +36,7 @@ EVALUATORS: dict[str, type[Evaluator]] = {
         KnnEvaluator,
         LinearProbeEvaluator,
         GeometryEvaluator,
+        LoccaEvaluator,
     )
 }
 

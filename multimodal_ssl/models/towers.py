@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -118,6 +118,9 @@ class MultiTower(nn.Module):
     "dropout" rng). ``normalize=False`` returns the projections before the L2
     normalisation (for objectives such as DeCUR that standardise them themselves).
 
+    ``return_tokens``: inputs whose (ViT) tower also returns its patch tokens, as
+    ``out["tokens/<input>"]`` [B, L, width].
+
     ``views``: ``{input: modality}``: extra inputs (second augmented views,
     ``data.views``) embedded by that modality's tower, with its params.
     """
@@ -137,7 +140,12 @@ class MultiTower(nn.Module):
 
     @nn.compact
     def __call__(
-        self, inputs: Mapping[str, jax.Array], *, train: bool = False, normalize: bool = True
+        self,
+        inputs: Mapping[str, jax.Array],
+        *,
+        train: bool = False,
+        normalize: bool = True,
+        return_tokens: Sequence[str] = (),
     ) -> dict[str, jax.Array]:
         out, modules = {}, {}
         views = self.views or {}
@@ -146,7 +154,10 @@ class MultiTower(nn.Module):
             if modality not in modules:  # a view reuses its modality's tower
                 modules[modality] = self.tower(modality)
             try:
-                z = modules[modality](x, train=train)
+                if name in return_tokens:  # un-pooled patch tokens too (LocCa's decoder)
+                    z, out[f"tokens/{name}"] = modules[modality](x, train=train, return_tokens=True)
+                else:
+                    z = modules[modality](x, train=train)
             except ValueError as e:  # "ViT.pool: ..." -> "config.model.towers.image.pool: ..."
                 raise ValueError(_config_error(modality, str(e))) from e
             if z.shape[-1] != self.embed_dim:
