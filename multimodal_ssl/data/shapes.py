@@ -347,15 +347,16 @@ class ShapesSource:
     shape_label int, color_label int, id int (= i). Deterministic in (seed, split, i).
     With field ``requests`` (:mod:`.fields`) the record holds ``record[r.key]`` for each
     request instead of image/depth/caption; fields: ``image``, ``depth``, ``caption``
-    (also the default of key ``text``) and ``audio`` (f32 [T] waveform at
-    ``options.audio_sample_rate``, synthesised only when requested).
+    (also the default of key ``text``), ``audio`` (f32 [T] waveform at
+    ``options.audio_sample_rate``, synthesised only when requested) and ``segmentation``
+    (int32 [S, S] object-class mask, 0 = background; :mod:`.shapes_masks`).
     Attributes ``classnames`` (label order) and ``templates`` serve the zero-shot eval;
     ``label_key`` (an eval's): ``label`` (shape+colour, default), ``shape_label`` or
     ``color_label`` becomes the record's ``label``, with that kind's class names and
     prompts neutral in the other attribute.
     """
 
-    FIELDS = ("image", "depth", "caption", "audio")
+    FIELDS = ("image", "depth", "caption", "audio", "segmentation")
 
     def __init__(
         self,
@@ -432,6 +433,10 @@ class ShapesSource:
             fields["audio"] = shapes_audio.synthesize(
                 scene, sample_rate=o.audio_sample_rate, duration=o.audio_seconds
             )
+        if "segmentation" in names:
+            from multimodal_ssl.data import shapes_masks  # local: it imports this module
+
+            fields["segmentation"] = shapes_masks.segmentation(scene, self.image_size)
         record.update({k: fields[n] for k, n in self._names.items() if k in self.provides})
         return record
 
