@@ -10,7 +10,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from multimodal_ssl.models.towers import MultiTower
+from multimodal_ssl.models.towers import MultiTower, param_name, tower_class
 from multimodal_ssl.sharding import batch_sharding, batch_size_per_step, replicated
 
 EmbedFn = Callable[[np.ndarray], np.ndarray]
@@ -39,6 +39,15 @@ class Embedder:
             )
             for m in self.modalities
         }
+        # Un-pooled patch tokens of the ViT towers (the dense probe, evals/dense_probe.py).
+        self._token_fns = {
+            m: jax.jit(
+                functools.partial(_patch_tokens, _standalone(model, m), param_name(m)),
+                out_shardings=out,
+            )
+            for m in self.modalities
+            if model.towers[m]["type"] == "vit"
+        }
         # NaFlex image dicts: one compilation per batch size, none per image size.
         self.naflex_fn = jax.jit(
             lambda p, x: model.apply({"params": p}, {"image": x})["image"], out_shardings=out
@@ -57,6 +66,21 @@ class Embedder:
         x = jax.device_put(inputs, batch_sharding(self.mesh))
         return np.asarray(self._fns[modality](self.params, x))[:n]
 
+    def patch_tokens(self, modality: str, images: np.ndarray) -> np.ndarray:
+        """images: [n, H, W, C] of a ViT tower -> f32 [n, h*w, width]: the encoder's output
+        at the patch positions (after its final norm; no class token, pooling or head)."""
+        if modality not in self._token_fns:
+            raise ValueError(f"modality {modality!r}: no ViT tower gives patch tokens")
+        images = np.asarray(images)
+        n = len(images)
+        padded = self.padded_size(n)
+        if padded != n:
+            images = np.concatenate(
+                [images, np.zeros((padded - n, *images.shape[1:]), images.dtype)]
+            )
+        x = jax.device_put(images, batch_sharding(self.mesh))
+        return np.asarray(self._token_fns[modality](self.params, x))[:n]
+
     def padded_size(self, n: int) -> int:
         """``n`` rounded up to a multiple of the batch shards."""
         return -(-n // self._shards) * self._shards
@@ -69,9 +93,13 @@ class Embedder:
         return np.asarray(self.naflex_fn(self.params, x))[:n]
 
     def embed_fns(self) -> dict[str, EmbedFn]:
-        """``{modality: inputs -> embeddings}`` for every tower (what evaluators take), and
+        """``{modality: inputs -> embeddings}`` for every tower (what evaluators take); a
+        ViT tower's function also has ``.patch_tokens`` (:meth:`patch_tokens`); and
         :attr:`extra_fns`."""
-        return {**{m: functools.partial(self.embed, m) for m in self.modalities}, **self.extra_fns}
+        fns = {m: functools.partial(self.embed, m) for m in self.modalities}
+        for m in self._token_fns:
+            fns[m].patch_tokens = functools.partial(self.patch_tokens, m)
+        return {**fns, **self.extra_fns}
 
     def embed_images(self, images: np.ndarray) -> np.ndarray:
         """images: f32 [n, H, W, 3] in the model's value range -> [n, d]."""
@@ -80,3 +108,15 @@ class Embedder:
     def embed_texts(self, tokens: np.ndarray) -> np.ndarray:
         """tokens: i32 [n, L] -> [n, d]."""
         return self.embed("text", tokens)
+
+
+def _standalone(model: MultiTower, modality: str):
+    """``modality``'s tower as a top-level module (as ``MultiTower.tower`` builds it)."""
+    kwargs = {"num_classes": model.embed_dim, "dtype": model.dtype, **model.towers[modality]}
+    return tower_class(kwargs.pop("type"))(**kwargs, parent=None)
+
+
+def _patch_tokens(tower, name: str, params, images):
+    """params: the model's; images [b, H, W, C] -> f32 [b, h*w, width]."""
+    _, tokens = tower.apply({"params": params[name]}, images, return_tokens=True)
+    return tokens.astype(jax.numpy.float32)

@@ -61,6 +61,31 @@ def shapes_probe_evals(
     )
 
 
+def shapes_dense_evals(
+    every_steps: int,
+    max_examples: int = 512,
+    max_train_examples: int = 512,
+    classes: str = "shape_color",
+) -> ml_collections.ConfigDict:
+    """``dense_probe``: a linear probe on the image tower's patch tokens predicting each
+    patch's object class (background + ``classes``), fit on ``max_train_examples``
+    training scenes, scored (mIoU, pixel accuracy) on ``max_examples`` held-out ones.
+    Add to a recipe with ``config.evals.update(shapes_dense_evals(...))``."""
+    return ml_collections.ConfigDict(
+        {
+            "dense_probe": {
+                "type": "dense_probe",
+                "data": "generated:shapes:test",
+                "every_steps": every_steps,
+                "max_examples": max_examples,
+                "train_data": "generated:shapes:train",
+                "max_train_examples": max_train_examples,
+                "classes": classes,
+            }
+        }
+    )
+
+
 def benchmark_evals(
     suite: str = "standard",
     *,

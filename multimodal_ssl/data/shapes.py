@@ -357,15 +357,16 @@ class ShapesSource:
     With field ``requests`` (:mod:`.fields`) the record holds ``record[r.key]`` for each
     request instead of image/depth/caption; fields: ``image``, ``depth``, ``caption``
     (also the default of key ``text``), ``audio`` (f32 [T] waveform at
-    ``options.audio_sample_rate``, synthesised only when requested) and ``locca`` (the
-    caption and every object's name and box, :func:`.locca_tasks.shapes_field`).
+    ``options.audio_sample_rate``, synthesised only when requested), ``locca`` (the
+    caption and every object's name and box, :func:`.locca_tasks.shapes_field`) and
+    ``segmentation`` (int32 [S, S] object-class mask, 0 = background; :mod:`.shapes_masks`).
     Attributes ``classnames`` (label order) and ``templates`` serve the zero-shot eval;
     ``label_key`` (an eval's): ``label`` (shape+colour, default), ``shape_label`` or
     ``color_label`` becomes the record's ``label``, with that kind's class names and
     prompts neutral in the other attribute.
     """
 
-    FIELDS = ("image", "depth", "caption", "audio", "locca")
+    FIELDS = ("image", "depth", "caption", "audio", "locca", "segmentation")
 
     def __init__(
         self,
@@ -446,6 +447,10 @@ class ShapesSource:
             fields["audio"] = shapes_audio.synthesize(
                 scene, sample_rate=o.audio_sample_rate, duration=o.audio_seconds
             )
+        if "segmentation" in names:
+            from multimodal_ssl.data import shapes_masks  # local: it imports this module
+
+            fields["segmentation"] = shapes_masks.segmentation(scene, self.image_size)
         record.update({k: fields[n] for k, n in self._names.items() if k in self.provides})
         return record
 

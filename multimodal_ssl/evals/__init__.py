@@ -10,10 +10,11 @@ An evaluator type is a :class:`~multimodal_ssl.evals.common.Evaluator` subclass 
 * ``run({modality: embed_fn}) -> {"eval/<name>/<metric>": float}``.
 
 Types: ``zeroshot``, ``retrieval``, ``knn``, ``linear_probe`` (both fit on a labelled
-``train_data`` split), ``geometry``, ``locca`` (greedy decoding of SigLIP 2's
-decoder). Adding a type means one entry in ``EVALUATORS``.
-The metric functions (``zeroshot_metrics``, ``retrieval_metrics``, ``knn_metrics``,
-``linear_probe_metrics``, ``geometry_metrics``, ``class_embeddings``) are pure and need
+``train_data`` split), ``geometry``, ``dense_probe`` (segmentation from patch tokens),
+``locca`` (greedy decoding of SigLIP 2's decoder). Adding a type means one entry in
+``EVALUATORS``. The metric functions
+(``zeroshot_metrics``, ``retrieval_metrics``, ``knn_metrics``, ``linear_probe_metrics``,
+``geometry_metrics``, ``dense_probe_metrics``, ``class_embeddings``) are pure and need
 no model. :mod:`.benchmarks` holds the standard zero-shot and retrieval benchmarks (class
 names, prompt templates, TFDS specs) that ``zeroshot`` / ``retrieval`` pick by name.
 """
@@ -21,6 +22,7 @@ names, prompt templates, TFDS specs) that ``zeroshot`` / ``retrieval`` pick by n
 from __future__ import annotations
 
 from multimodal_ssl.evals.common import Evaluator
+from multimodal_ssl.evals.dense_probe import DenseProbeEvaluator, dense_probe_metrics
 from multimodal_ssl.evals.geometry import GeometryEvaluator, geometry_metrics
 from multimodal_ssl.evals.knn import KnnEvaluator, knn_metrics
 from multimodal_ssl.evals.linear_probe import LinearProbeEvaluator, linear_probe_metrics
@@ -37,6 +39,7 @@ EVALUATORS: dict[str, type[Evaluator]] = {
         LinearProbeEvaluator,
         GeometryEvaluator,
         LoccaEvaluator,
+        DenseProbeEvaluator,
     )
 }
 
@@ -52,6 +55,7 @@ def get_evaluator(type_name: str) -> type[Evaluator]:
 
 __all__ = [
     "EVALUATORS",
+    "DenseProbeEvaluator",
     "Evaluator",
     "GeometryEvaluator",
     "KnnEvaluator",
@@ -59,6 +63,7 @@ __all__ = [
     "RetrievalEvaluator",
     "ZeroShotEvaluator",
     "class_embeddings",
+    "dense_probe_metrics",
     "geometry_metrics",
     "get_evaluator",
     "knn_metrics",
