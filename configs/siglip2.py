@@ -16,11 +16,13 @@ import os
 
 import ml_collections
 
-from multimodal_ssl.recipes import load_recipe
+from multimodal_ssl.recipes import load_recipe, shapes_dense_evals
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = load_recipe(os.path.join(os.path.dirname(__file__), "siglip.py"), arg)
+    if arg in (None, "probes"):  # patch-token segmentation probe at the end (dense features)
+        config.evals.update(shapes_dense_evals(every_steps=config.total_steps))
     dec = config.decoder
     dec.weight = 1.0  # LocCa / SigLIP 2: the decoder loss next to the sigmoid loss, weight 1
     dec.width, dec.depth, dec.num_heads, dec.mlp_dim = 128, 2, 4, 512

@@ -73,7 +73,7 @@ def test_recipe_sweeps_list_their_runs():
                    for b in (32, 64, 128, 256, 512, 1024) for s in (0, 1, 2)}
     assert len(runs) == 36
     for r in runs:
-        assert r.total_steps * r.overrides["config.batch_size"] == 128 * 400  # examples seen
+        assert r.total_steps * r.overrides["config.batch_size"] == 128 * 200  # examples seen
         t_init = math.log(10) if r.overrides["config.loss.name"] == "sigmoid" else math.log(
             1 / 0.07)
         assert r.overrides["config.loss.t_init"] == t_init
@@ -86,6 +86,13 @@ def test_recipe_sweeps_list_their_runs():
     assert {(r.overrides["config.loss.b_init"], r.overrides["config.loss.t_init"]) for r in runs} \
         == {(b, t) for b in (0.0, -5.0, -10.0) for t in (0.0, math.log(10))}
     assert len(runs) == 18 and len({r.workdir for r in runs}) == 18
+    assert {r.total_steps for r in runs} == {200}
+
+    runs = plan(str(ROOT / "configs/studies/siglip2_ablation.py"), "/w")
+    arms = {(r.overrides["config.decoder.weight"], r.overrides["config.distill.local_weight"],
+             r.overrides["config.distill.masked_weight"]) for r in runs}
+    assert arms == {(0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, 1.0, 0.25), (1.0, 1.0, 0.25)}
+    assert len(runs) == 12 and {r.total_steps for r in runs} == {200}
 
 
 def test_parallel_slots_split_gpus_cores_and_emulated_devices():
@@ -264,3 +271,12 @@ def test_plot_pools_seeds_per_line_and_draws(tmp_path):
     path = plot.plot(rows, "config.batch_size", metric, str(tmp_path))
     assert path.endswith("plot_eval_zeroshot_zeroshot_top1_vs_batch_size.png")
     assert os.path.getsize(path) > 1000
+
+    # summary_seeds.md: one row per (loss, batch), mean ± sample std over the 2 seeds.
+    from multimodal_ssl.sweep import seeds
+
+    text = open(seeds.write(rows, str(tmp_path))).read().splitlines()
+    assert len(text) == 2 + 4 and text[0].startswith("| loss.name | batch_size | seeds |")
+    pair = [r.final[metric] for r in rows[:2]]
+    assert f"{np.mean(pair):.3f} ± {np.std(pair, ddof=1):.3f} (2)" in text[2]
+    assert text[2].startswith("| sigmoid | 64 | 2 |")

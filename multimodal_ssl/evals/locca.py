@@ -8,13 +8,16 @@ example's first object:
   one; a malformed box counts as wrong) and ``referring_iou`` (mean IoU);
 * ``grounded_exact`` / ``grounded_token_acc``: the name of the object in the given box.
 
-Needs ``config.decoder`` on (the embedder then hands it a ``locca`` captioner); the
+Needs ``config.decoder`` on (the embedder then hands it a ``locca`` captioner; without
+it the eval logs that it is skipped and gives no metrics, so one recipe serves the
+decoder-less arms of an ablation); the
 decoder's tasks, prefixes and box format are those of ``data/locca_tasks.py``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -94,11 +97,12 @@ class LoccaEvaluator(common.Evaluator):
 
     def compute(self, embed: common.EmbedFns) -> dict[str, float]:
         captioner = embed.get("locca")
-        if captioner is None:
-            raise ValueError(
-                f"config.evals.{self.name}: type 'locca' needs the decoder "
-                "(config.decoder.weight > 0)"
+        if captioner is None:  # e.g. the decoder-less arms of an ablation sweep
+            logging.warning(
+                "eval %s: skipped, type 'locca' needs the decoder (config.decoder.weight > 0)",
+                self.name,
             )
+            return {}
         bins, tok = captioner.box_bins, captioner.tokenizer
         refs = {t: [] for t in locca_tasks.TASKS}
         preds = {t: [] for t in locca_tasks.TASKS}

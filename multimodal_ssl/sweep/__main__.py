@@ -8,7 +8,8 @@ Every run is validated first (a bad swept key or value: one line naming it, exit
 nothing launched). Then runs go to ``<workdir>/<name>/`` one after another (or
 ``--parallel=N`` at once, devices split: :mod:`multimodal_ssl.sweep.devices`); finished
 runs are skipped and unfinished ones resumed; ``summary.csv`` / ``summary.md`` (and the
-plots) are written at the end. ``--dry_run`` prints one shell command per run and
+plots, and ``summary_seeds.md`` with mean ± std over seeds when the seed is swept) are
+written at the end. ``--dry_run`` prints one shell command per run and
 nothing else on stdout (runs in sweep order: line i is run i, for a scheduler's array
 job). ``--summary_only`` writes the summary of whatever the runs' files hold.
 Exit status: 0 when every run finished (or a signal stopped the sweep: rerun to
@@ -60,7 +61,7 @@ def _fail(message: str, code: int) -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from multimodal_ssl.sweep import devices, plot, runner, summary
+    from multimodal_ssl.sweep import devices, plot, runner, seeds, summary
     from multimodal_ssl.sweep.plan import plan
 
     workdir = _WORKDIR.value
@@ -86,6 +87,8 @@ def main(argv: list[str]) -> None:
     rows = [summary.collect(r) for r in runs]
     for path in summary.write(rows, workdir):
         print(f"wrote {path}")
+    if len({repr(r.overrides.get(seeds.SEED)) for r in rows}) > 1:  # seeds pooled
+        print(f"wrote {seeds.write(rows, workdir)}")
     for x_key, metric in plots:
         try:
             print(f"wrote {plot.plot(rows, x_key, metric, workdir)}")
