@@ -8,16 +8,18 @@ teacher (multimodal_ssl/distill.py; README "SigLIP 2: self-distillation").
 
 Each term is one key: ``--config.distill.local_weight=0`` or
 ``--config.distill.masked_weight=0`` switches it off. Variants: those of siglip.py.
+NaFlex (native aspect ratios, distillation off): ``:naflex``, ``:tiny,naflex``.
 """
 
 import os
 
 import ml_collections
 
-from multimodal_ssl.recipes import load_recipe
+from multimodal_ssl.recipes import load_recipe, split_variant, use_naflex  # NaFlex
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arg, naflex = split_variant(arg, "naflex")  # NaFlex: ":naflex", ":tiny,naflex"
     config = load_recipe(os.path.join(os.path.dirname(__file__), "siglip.py"), arg)
     d = config.distill
     d.local_weight = 1.0  # SigLIP 2: 1 for the local-to-global term,
@@ -38,4 +40,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.model.towers.image.patch_size = 4  # 16 patches at 16 px, 4 at 8 px
     else:
         d.head_hidden, d.head_bottleneck, d.prototypes = 512, 128, 1024
+    if naflex:  # native aspect ratios, one compile (README "SigLIP 2: NaFlex training")
+        use_naflex(config)
     return config
