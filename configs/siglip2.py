@@ -10,16 +10,18 @@ prediction (TIPS) against its EMA teacher (multimodal_ssl/distill.py; README "Si
 Each term is one key: ``--config.decoder.weight=0``, ``--config.distill.local_weight=0``
 or ``--config.distill.masked_weight=0`` switches it off. Variants: those of siglip.py.
 The ``locca`` eval greedily decodes captions, boxes and names on held-out scenes.
+NaFlex (native aspect ratios; distillation and decoder off): ``:naflex``, ``:tiny,naflex``.
 """
 
 import os
 
 import ml_collections
 
-from multimodal_ssl.recipes import load_recipe, shapes_dense_evals
+from multimodal_ssl.recipes import load_recipe, shapes_dense_evals, split_variant, use_naflex
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arg, naflex = split_variant(arg, "naflex")  # NaFlex: ":naflex", ":tiny,naflex"
     config = load_recipe(os.path.join(os.path.dirname(__file__), "siglip.py"), arg)
     if arg in (None, "probes"):  # patch-token segmentation probe at the end (dense features)
         config.evals.update(shapes_dense_evals(every_steps=config.total_steps))
@@ -51,4 +53,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.model.towers.image.patch_size = 4  # 16 patches at 16 px, 4 at 8 px
     else:
         d.head_hidden, d.head_bottleneck, d.prototypes = 512, 128, 1024
+    if naflex:  # native aspect ratios, one compile (README "SigLIP 2: NaFlex training")
+        use_naflex(config)
+        # The decoder and the dense probe read patch tokens, which a NaFlex tower does
+        # not return (yet): off, with their evals.
+        dec.weight = 0.0
+        for name in ("locca", "dense_probe"):
+            if name in config.evals:
+                del config.evals[name]
     return config

@@ -60,6 +60,15 @@ def build_evaluators(
     return {name: build_evaluator(config, name, processors) for name in config.evals}
 
 
+def input_spec(processor: Processor) -> Any:
+    """One example's model input of ``processor`` as ``ShapeDtypeStruct [1, ...]`` (a dict
+    of them where its ``example_shape`` is a dict: NaFlex)."""
+    shape = processor.example_shape()
+    if isinstance(shape, dict):
+        return {k: jax.ShapeDtypeStruct((1, *s), d) for k, (s, d) in shape.items()}
+    return jax.ShapeDtypeStruct((1, *shape[0]), shape[1])
+
+
 class Experiment:
     """Everything ``config`` describes, built on the mesh of ``config.mesh`` over
     ``devices`` (default: all). Validates ``config`` first; a ``model.init_from`` run
@@ -67,7 +76,8 @@ class Experiment:
 
     Attributes: ``config``, ``mesh``, ``tokenizer``, ``model`` (:class:`MultiTower`),
     ``imported`` (pretrained subtrees), ``eval_processors`` (``{modality: Processor}``),
-    ``input_specs`` (``{modality: ShapeDtypeStruct [1, ...]}``), ``distill``
+    ``input_specs`` (``{modality: ShapeDtypeStruct [1, ...]}``, a dict of them for a
+    NaFlex image), ``distill``
     (:class:`~multimodal_ssl.distill.SelfDistill` or None: ``config.distill`` off),
     ``locca`` (:class:`~multimodal_ssl.locca.LocCa` or None: ``config.decoder`` off).
     """
@@ -85,10 +95,7 @@ class Experiment:
         self.config, self.imported = pretrained.init_from_config(config, self.tokenizer.vocab_size)
         self.model: MultiTower = build_model(self.config, self.tokenizer.vocab_size)
         self.eval_processors = make_processors(self.config, train=False, tokenizer=self.tokenizer)
-        self.input_specs = {}
-        for m, p in self.eval_processors.items():
-            shape, dtype = p.example_shape()
-            self.input_specs[m] = jax.ShapeDtypeStruct((1, *shape), dtype)
+        self.input_specs = {m: input_spec(p) for m, p in self.eval_processors.items()}
         self.masked: tuple[str, ...] = ()
         self.distill: distill.SelfDistill | None = None
         if distill.enabled(self.config):

@@ -10,10 +10,11 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from multimodal_ssl.data import rows
 from multimodal_ssl.models.towers import MultiTower, param_name, tower_class
 from multimodal_ssl.sharding import batch_sharding, batch_size_per_step, replicated
 
-EmbedFn = Callable[[np.ndarray], np.ndarray]
+EmbedFn = Callable[[rows.Rows], np.ndarray]
 
 
 class Embedder:
@@ -53,16 +54,14 @@ class Embedder:
             lambda p, x: model.apply({"params": p}, {"image": x})["image"], out_shardings=out
         )
 
-    def embed(self, modality: str, inputs: np.ndarray) -> np.ndarray:
-        """inputs: [n, ...] one modality's model inputs -> f32 [n, d]."""
+    def embed(self, modality: str, inputs: rows.Rows) -> np.ndarray:
+        """inputs: [n, ...] one modality's model inputs (or a dict of them: a NaFlex
+        image, :mod:`~.data.rows`) -> f32 [n, d]."""
         if modality not in self._fns:
             raise ValueError(f"no tower for modality {modality!r}; towers: {self.modalities}")
-        inputs = np.asarray(inputs)
-        n = len(inputs)
-        padded = -(-n // self._shards) * self._shards
-        if padded != n:
-            pad = np.zeros((padded - n, *inputs.shape[1:]), inputs.dtype)
-            inputs = np.concatenate([inputs, pad])
+        inputs = rows.as_numpy(inputs)
+        n = rows.num_rows(inputs)
+        inputs = rows.pad(inputs, self.padded_size(n))
         x = jax.device_put(inputs, batch_sharding(self.mesh))
         return np.asarray(self._fns[modality](self.params, x))[:n]
 

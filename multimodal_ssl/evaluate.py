@@ -91,7 +91,7 @@ def load_params(
     ``--checkpoint`` / ``--step``."""
     config, mesh = exp.config, exp.mesh
     root, path_step = checkpoint_root(path)
-    dummy = {m: jax.numpy.zeros(s.shape, s.dtype) for m, s in exp.input_specs.items()}
+    dummy = jax.tree.map(lambda s: jax.numpy.zeros(s.shape, s.dtype), exp.input_specs)
     shapes = jax.eval_shape(lambda rng: exp.model.init(rng, dummy)["params"], jax.random.key(0))
     shardings = param_shardings(shapes, mesh, config.sharding.rules, config.sharding.fsdp_min_size)
     item = {

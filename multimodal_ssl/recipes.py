@@ -152,6 +152,35 @@ def apply_tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return config
 
 
+def split_variant(arg: str | None, flag: str) -> tuple[str | None, bool]:
+    """``"tiny,naflex"`` -> ``("tiny", True)``: a recipe's variant without the
+    comma-separated switch ``flag``, and whether it was there."""
+    parts = [p for p in (arg or "").split(",") if p]
+    rest = ",".join(p for p in parts if p != flag)
+    return rest or None, flag in parts
+
+
+def use_naflex(config: ml_collections.ConfigDict, max_patches: int | None = None) -> None:
+    """NaFlex training of the image tower (SigLIP 2; ``data/naflex_pp.py``): images keep
+    their aspect ratio, resized to ``max_patches`` patches (default: the patch count of
+    the fixed ``data.image_size``), as fixed-shape padded patch sequences (one compile);
+    random aspect-ratio crops in training (square ``generated:shapes`` scenes become 1:2
+    to 2:1), the whole image in evals. A learned position grid (resized per image); the
+    self-distillation terms are off (they take fixed-size images; SigLIP 2 trains its
+    NaFlex variant without them too)."""
+    from multimodal_ssl.models.towers import tower_class  # local: recipes stay light
+
+    tower = config.model.towers.image
+    patch = tower_class("vit")(**{k: v for k, v in tower.items() if k != "type"}).sizes()
+    side = config.data.image_size // patch["patch_size"][0]
+    tower.naflex_max_patches = max_patches or side * side
+    tower.posemb = "learn"
+    config.data.pp_train = "random_aspect_crop(0.5, 2.0)|value_range(-1, 1)"
+    config.data.pp_eval = "value_range(-1, 1)"
+    if "distill" in config:
+        config.distill.local_weight = config.distill.masked_weight = 0.0
+
+
 def load_recipe(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
     """``get_config(arg)`` of the recipe file at ``path`` (as ``--config=path:arg`` does);
     lets one recipe extend another (``configs/clip.py`` extends ``configs/siglip.py``)."""

@@ -98,11 +98,15 @@ def to_global(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Arra
     """Host-local numpy batch -> global arrays sharded on the batch axes.
 
     Each process passes its own ``[local_batch, ...]`` rows; the result has the
-    global leading dimension ``local_batch * process_count``.
+    global leading dimension ``local_batch * process_count``. An entry may be a dict of
+    such arrays (a NaFlex image: patches, mask, spatial_shapes); each of its arrays is
+    sharded the same way.
     """
     sharding = batch_sharding(mesh)
     return {
-        key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
+        key: jax.tree.map(
+            lambda v: jax.make_array_from_process_local_data(sharding, np.asarray(v)), value
+        )
         for key, value in batch.items()
     }
 

@@ -87,7 +87,7 @@ def _state_init_fn(
     ``distill``, its head (``params["distill"]``) and the teacher (a copy of the
     student's tower) in a :class:`DistillTrainState`; with ``decoder``, LocCa's decoder
     (``params["decoder"]``)."""
-    dummy = {m: jnp.zeros(s.shape, s.dtype) for m, s in inputs.items()}
+    dummy = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), dict(inputs))
 
     def init_fn(rng, imported):
         params = {**model.init(rng, dummy)["params"], **objective.init_params(), **imported}

@@ -15,6 +15,9 @@
 * :mod:`.preprocess`: image ops from config strings (``data.pp_train`` / ``pp_eval``).
 * :mod:`.naflex`: NaFlex (SigLIP 2) inputs: patch-budget sizes, antialiased resize,
   padded patch sequences with masks.
+* :mod:`.naflex_pp`: NaFlex training/eval inputs (``model.towers.<m>.naflex_max_patches``):
+  images at their aspect ratio -> fixed-shape patch dicts.
+* :mod:`.rows`: slicing, padding, concatenating inputs that are arrays or dicts of them.
 * :mod:`.tokenizers`: ``get_tokenizer(spec, max_len)``; texts -> right-padded int32 rows
   (bytes, SentencePiece, HuggingFace tokenizer.json).
 * :mod:`.pipeline`: ``make_train_loader`` (shuffled, sharded, mixed, checkpointable

@@ -15,6 +15,8 @@ audio      ``audio``                    f32 [frames, n_mels] (``data.pp.audio``)
 vector     the modality's name          f32 [...]       (``data.pp.<m>``: ``vector(d, ...)``)
 =========  ===========================  ==========================================
 
+An image tower with ``naflex_max_patches`` set reads NaFlex dicts instead
+(``{"patches", "mask", "spatial_shapes"}``, :mod:`.naflex_pp`).
 ``data.fields.<modality>`` names another field. A processor works in three stages so
 the expensive part runs in the reader threads: ``read`` (one example, any thread; raises
 :class:`~.records.BadRecord`), ``collate`` (a list of read values -> one array) and
@@ -367,6 +369,7 @@ def make_processors(
     Raises ValueError naming the config key of a bad spec or field.
     """
     from multimodal_ssl import distill  # local: imports jax; grain workers never call this
+    from multimodal_ssl.data.naflex_pp import NaFlexProcessor, naflex_settings
 
     data = config.data
     fields = data.get("fields") or {}
@@ -377,10 +380,17 @@ def make_processors(
         key = f"config.data.pp.{modality}"
         try:
             if kind == "image":
+                key = f"config.model.towers.{modality}.naflex_max_patches"
+                naflex = naflex_settings(config, modality, tower)  # (patch, N) or None
                 key = f"config.data.{'pp_train' if train else 'pp_eval'}"
                 spec = data.pp_train if train else data.pp_eval
                 local = distill.local_views(config) if train else None
-                if local is not None and local[0] == modality:
+                if naflex is not None:
+                    out[modality] = NaFlexProcessor(
+                        modality, field, spec, data.image_size,
+                        patch=naflex[0], max_patches=naflex[1],
+                    )
+                elif local is not None and local[0] == modality:
                     key = "config.distill.local_pp"
                     out[modality] = MultiCropProcessor(
                         modality, field, spec, data.image_size,

@@ -82,16 +82,21 @@ def patchify(image: np.ndarray, patch: int) -> np.ndarray:
 
 
 def batch_patches(
-    images: Sequence[np.ndarray], patch: int, max_num_patches: int, batch: int | None = None
+    images: Sequence[np.ndarray],
+    patch: int,
+    max_num_patches: int,
+    batch: int | None = None,
+    dtype: np.dtype | type = np.float32,
 ) -> dict[str, np.ndarray]:
-    """Images that :func:`fits` -> ``{"patches": f32 [B, N, p*p*C], "mask": bool [B, N],
+    """Images that :func:`fits` -> ``{"patches": dtype [B, N, p*p*C], "mask": bool [B, N],
     "spatial_shapes": i32 [B, 2]}`` with N = ``max_num_patches`` and B = ``batch`` (default
     ``len(images)``); padded patches are zeros with mask False, padded images one zero
-    patch on a 1 x 1 grid (their embeddings are meaningless)."""
+    patch on a 1 x 1 grid (their embeddings are meaningless). ``dtype``: of the patches
+    (uint8 in the training pipeline, which normalises whole batches later)."""
     b = len(images) if batch is None else batch
     c = images[0].shape[-1] if images else 3
     out = {
-        "patches": np.zeros((b, max_num_patches, patch * patch * c), np.float32),
+        "patches": np.zeros((b, max_num_patches, patch * patch * c), dtype),
         "mask": np.zeros((b, max_num_patches), bool),
         "spatial_shapes": np.ones((b, 2), np.int32),
     }

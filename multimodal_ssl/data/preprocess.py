@@ -13,6 +13,11 @@ Geometric ops, per example on the decoded uint8 [H, W, 3] image, in order:
   size=S, method="bilinear")``                Inception-style crop (area fraction and
                                               aspect ratio drawn at random), resized
   ``flip_lr(p=0.5)``                          left-right flip with probability p
+  ``random_aspect_crop(min_ratio=0.5, max_ratio=2.0)``  the largest crop of a width /
+                                              height ratio drawn log-uniformly from the
+                                              range, placed at random; not resized (for
+                                              NaFlex towers, ``data/naflex_pp.py``, whose
+                                              images keep their aspect ratio)
 Value op, exactly one, last, applied to whole uint8 batches -> float32:
   ``value_range(vmin=-1, vmax=1)``            [0, 255] -> [vmin, vmax]
   ``normalize(mean, std)``                    (x / 255 - mean) / std per channel;
@@ -166,6 +171,28 @@ class RandomResizedCrop:
         return _pil(image).resize((self.size, self.size), self.resample, box=box)
 
 
+class RandomAspectCrop:
+    """[H, W, 3] -> the largest [h, w, 3] crop with ``w / h`` = r (rounded, >= 1 pixel),
+    r log-uniform in [min_ratio, max_ratio], at a uniformly random position. Gives
+    square sources (``generated:shapes``) mixed aspect ratios for NaFlex training."""
+
+    def __init__(self, min_ratio: float = 0.5, max_ratio: float = 2.0):
+        if not 0 < min_ratio <= max_ratio:
+            raise ValueError(f"need 0 < min_ratio <= max_ratio, got {min_ratio}, {max_ratio}")
+        self.log_ratio = (math.log(min_ratio), math.log(max_ratio))
+
+    def __call__(self, image, rng):
+        h, w = _hw(image)
+        ratio = math.exp(rng.uniform(*self.log_ratio))
+        if ratio >= w / h:  # full width, shorter height
+            ch, cw = max(1, min(h, round(w / ratio))), w
+        else:
+            ch, cw = h, max(1, min(w, round(h * ratio)))
+        top = int(rng.integers(0, h - ch + 1))
+        left = int(rng.integers(0, w - cw + 1))
+        return _crop(image, top, left, ch, cw)
+
+
 class FlipLR:
     def __init__(self, p: float = 0.5):
         if not 0 <= p <= 1:
@@ -226,6 +253,7 @@ GEOMETRIC_OPS: dict[str, Callable[..., Any]] = {
     "random_crop": RandomCrop,
     "random_resized_crop": RandomResizedCrop,
     "flip_lr": FlipLR,
+    "random_aspect_crop": RandomAspectCrop,
 }
 VALUE_OPS: dict[str, Callable[..., Affine]] = {"value_range": value_range, "normalize": normalize}
 _SIZED = ("resize", "resize_small", "center_crop", "random_crop", "random_resized_crop")

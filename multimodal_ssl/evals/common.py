@@ -22,9 +22,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from multimodal_ssl.data import rows
 from multimodal_ssl.evals.prefix import check_dims, run_at_prefixes
 
-EmbedFn = Callable[[np.ndarray], Any]  # [b, ...] -> [b, d] f32 (numpy or jax)
+EmbedFn = Callable[[Any], Any]  # [b, ...] (or a dict, data/rows.py) -> [b, d] f32
 EmbedFns = Mapping[str, EmbedFn]  # {modality: embed function}
 # Short names of the image/text modalities in metric names (img2txt_r@1, ...).
 _METRIC_NAMES = {"image": "img", "text": "txt"}
@@ -180,26 +181,24 @@ def check_embeddings(name: str, x: Any, dim: int | None = None) -> np.ndarray:
 # ------------------------------------------------------------------------- embedding
 
 
-def embed_in_batches(embed_fn: EmbedFn, inputs: np.ndarray, batch_size: int) -> np.ndarray:
-    """embed_fn over ``inputs`` [n, ...] in chunks of ``batch_size`` -> [n, d] f32.
+def embed_in_batches(embed_fn: EmbedFn, inputs: rows.Rows, batch_size: int) -> np.ndarray:
+    """embed_fn over ``inputs`` [n, ...] (or a dict of them, :mod:`~.data.rows`) in
+    chunks of ``batch_size`` -> [n, d] f32.
 
-    When n > batch_size the last partial chunk is zero-padded to batch_size so a jitted
-    embed_fn sees one shape per call site.
+    When n > batch_size the last partial chunk is padded to batch_size (``rows.pad``) so
+    a jitted embed_fn sees one shape per call site.
     """
-    inputs = np.asarray(inputs)
-    n = len(inputs)
+    inputs = rows.as_numpy(inputs)
+    n = rows.num_rows(inputs)
     size = min(batch_size, n)
     outs = []
     for start in range(0, n, max(size, 1)):
-        chunk = inputs[start : start + size]
-        rows = len(chunk)
-        if rows < size:
-            pad = np.zeros((size - rows, *chunk.shape[1:]), chunk.dtype)
-            chunk = np.concatenate([chunk, pad])
-        out = np.asarray(embed_fn(chunk), np.float32)
+        chunk = rows.take(inputs, slice(start, start + size))
+        num = rows.num_rows(chunk)
+        out = np.asarray(embed_fn(rows.pad(chunk, size)), np.float32)
         if out.ndim != 2 or len(out) != size:
             raise ValueError(f"embedding of {size} inputs: expected [{size}, d], got {out.shape}")
-        outs.append(out[:rows])
+        outs.append(out[:num])
     if not outs:
         raise ValueError("no inputs to embed")
     return np.concatenate(outs)
@@ -215,16 +214,17 @@ def embed_pass(
     concatenating ``batch[key]`` for each key in ``keep``)."""
     embs, kept = [], {k: [] for k in keep}
     for batch in batches:
-        inputs = np.asarray(batch[modality])
+        inputs = rows.as_numpy(batch[modality])
+        n = rows.num_rows(inputs)
         out = np.asarray(embed_fn(inputs), np.float32)
-        if out.ndim != 2 or len(out) != len(inputs):
-            raise ValueError(f"embed {modality}: expected [{len(inputs)}, d], got {out.shape}")
+        if out.ndim != 2 or len(out) != n:
+            raise ValueError(f"embed {modality}: expected [{n}, d], got {out.shape}")
         embs.append(out)
         for k in keep:
-            kept[k].append(np.asarray(batch[k]))
+            kept[k].append(rows.as_numpy(batch[k]))
     if not embs:
         raise ValueError("the eval data is empty")
-    return np.concatenate(embs), {k: np.concatenate(v) for k, v in kept.items()}
+    return np.concatenate(embs), {k: rows.concat(v) for k, v in kept.items()}
 
 
 # ------------------------------------------------------------------ data and config
@@ -264,7 +264,7 @@ def complete_rows(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     if not masks or all(m.all() for m in masks):
         return out
     keep = np.logical_and.reduce(masks)
-    return {k: np.asarray(v)[keep] for k, v in out.items()}
+    return {k: rows.take(v, keep) for k, v in out.items()}
 
 
 class EvalData:
@@ -288,7 +288,7 @@ class EvalData:
             if not len(batch["id"]):
                 continue
             if kept is not None:
-                size += sum(np.asarray(v).nbytes for v in batch.values())
+                size += sum(rows.nbytes(v) for v in batch.values())
                 if size <= CACHE_MAX_BYTES:
                     kept.append(batch)
                 else:

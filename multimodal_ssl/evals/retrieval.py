@@ -17,6 +17,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from multimodal_ssl.data import rows
 from multimodal_ssl.data.fields import FieldRequest
 from multimodal_ssl.data.modalities import Processor
 from multimodal_ssl.data.records import decode_caption
@@ -93,12 +94,18 @@ def retrieval_metrics(
     }
 
 
-def dedupe_texts(tokens: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+def dedupe_texts(tokens: rows.Rows) -> tuple[rows.Rows, list[np.ndarray]]:
     """tokens [N, L] int, row i the caption of image i -> (unique rows [M, L],
     the images of each unique row: M int arrays). Identical token rows are one text
     belonging to all their images, so a perfect model is not penalised by the exact
-    ties between copies of one caption."""
-    unique, inverse = np.unique(tokens, axis=0, return_inverse=True)
+    ties between copies of one caption. Dict rows (NaFlex image candidates,
+    :mod:`~multimodal_ssl.data.rows`) are compared by their bytes."""
+    if isinstance(tokens, dict):
+        keys = rows.row_keys(tokens)
+        _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+        unique = rows.take(tokens, first)
+    else:
+        unique, inverse = np.unique(tokens, axis=0, return_inverse=True)
     inverse = inverse.reshape(-1)
     order = np.argsort(inverse, kind="stable")
     splits = np.cumsum(np.bincount(inverse, minlength=len(unique)))[:-1]

@@ -17,6 +17,7 @@ function serves every size up to N patches.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -55,6 +56,9 @@ class ViT(nn.Module):
     ``naflex_positions``: size of the learned position grid (a square number) when the
     inputs are NaFlex dicts (module doc); needs ``posemb="learn"``, no ``token_drop``.
     Image arrays then need ``sqrt(naflex_positions)`` patches a side.
+    ``naflex_max_patches`` N: the data pipelines give this tower NaFlex dicts of N
+    patches (``data/naflex_pp.py``); ``naflex_positions`` then defaults to the largest
+    square number <= N.
 
     Call options (self-distillation, ``multimodal_ssl/distill.py``; no params of their
     own): ``patch_mask`` bool [b, h*w] with ``mask_token`` [width]: the embeddings of the
@@ -80,6 +84,7 @@ class ViT(nn.Module):
     stochastic_depth: float = 0.0
     token_drop: float = 0.0
     naflex_positions: int | None = None
+    naflex_max_patches: int | None = None
 
     def sizes(self) -> dict[str, Any]:
         """Resolved ``width, depth, mlp_dim, num_heads`` and ``patch_size`` (a pair)."""
@@ -194,7 +199,10 @@ class ViT(nn.Module):
                 f"ViT: NaFlex inputs must be patches [b, N, {patch[0]}*{patch[1]}*C], mask "
                 f"[b, N], spatial_shapes [b, 2], got {patches.shape}, {mask.shape}, {shapes.shape}"
             )
-        if self.posemb != "learn" or not self.naflex_positions:
+        positions = self.naflex_positions
+        if positions is None and self.naflex_max_patches:
+            positions = math.isqrt(self.naflex_max_patches) ** 2
+        if self.posemb != "learn" or not positions:
             raise ValueError("ViT.naflex_positions: NaFlex inputs need it set and posemb='learn'")
         if train and self.token_drop > 0:
             raise ValueError("ViT.token_drop: not supported with NaFlex inputs")
@@ -204,7 +212,7 @@ class ViT(nn.Module):
         pos = self.param(
             "pos_embedding",
             nn.initializers.normal(stddev=1 / np.sqrt(width)),
-            (1, self.naflex_positions, width),
+            (1, positions, width),
             jnp.float32,
         )
         x = x + resize_posemb(pos, shapes, n).astype(dtype)
