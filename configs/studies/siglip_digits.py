@@ -44,16 +44,18 @@ optimizers. The curves' point at step s is the 400-step cosine run at step s, no
 of s steps (its learning rate has not decayed yet).
 
 Size (measured 2026-12-01 on this 2-core machine while other jobs kept both cores busy,
-load ~7.5; a run pinned to one core with ``taskset -c 0``): a 120-step run with 6 eval
-rounds took 98 s wall and 62 s of its own CPU time, i.e. it got ~0.64 of the core;
-scaling wall times by that share, an idle core gives ~0.30-0.36 s per training step
-(``train/step_time_ms_p50`` ~500 ms under load), ~25 s of start-up and compilation per
-run, ~5 s for the first eval round (compilation) and <1 s for each later one. A run is
-then ~25 + 5 + 400 x 0.33 + 9 x 1 ~ 170 s, and 18 runs two at a time (``--parallel=2``
-pins each to one core) take 9 x 170 s ~ 26 min on the idle machine (<= 30 min).
+load ~7.5; a 120-step run with evals every 20 steps, pinned to one core with
+``taskset -c 0``): 98 s wall, of which the run had 62 s of CPU time, i.e. ~0.64 of the
+core. Scaling its phases by that share gives an idle core's times: start-up and
+compilation 27 s -> ~17 s; a training step ``train/step_time_ms_p50`` ~480 ms -> ~0.31 s;
+the first eval round (compiling) ~9 s -> ~6 s; each later round ~1 s -> <1 s. One run:
+17 + 400 x 0.31 + 6 + 9 x 0.7 ~ 155 s (~160 s allowing 0.33 s per step). The 18 runs
+two at a time (``--parallel=2`` pins each to one core) then take 9 x 155-160 s ~ 23-24
+min on the idle machine, within the 30 min budget with ~6 min for the estimate's error.
 
 ``:tiny``: the seconds-long smoke version (apply_tiny: 6 steps of batch 16, 16 px, tiny
-towers; evals every 3 steps on 64 test rows) with 2 settings x 1 seed:
+towers, captions still 32 bytes; evals every 3 steps on 64 test rows) with 2 settings
+(the default; AdamW 5e-4) x seed 0, ~40 s per run:
 
     python -m multimodal_ssl.sweep --config=configs/studies/siglip_digits.py:tiny \\
         --workdir=/tmp/digits_smoke
@@ -80,6 +82,8 @@ SETTINGS = (
     ("muon", 2e-3, AUGMENT),
 )
 SEEDS = (0, 1, 2)
+# Bytes: the longest caption and prompt, "the digit seven, written by hand", has 32.
+MAX_TEXT_LEN = 32
 TINY_SETTINGS = SETTINGS[0], SETTINGS[3]
 # Must match experiments/digits_data.py (CLASSNAMES, ZEROSHOT_TEMPLATES).
 CLASSNAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -133,10 +137,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     root = digits_dir()
     config.data.train = f"csv:{os.path.join(root, 'train.csv')}"
     config.data.image_size = 32
-    config.data.max_text_len = 32  # the longest caption, "the digit seven, written by hand"
+    config.data.max_text_len = MAX_TEXT_LEN
     config.model.image.variant = "mu/8"
     if arg == "tiny":
         apply_tiny(config)  # 6 steps of batch 16, 16 px, tiny towers
+        config.data.max_text_len = MAX_TEXT_LEN  # not its 16: the prompts would all be equal
         config.evals = digits_evals(root, every_steps=3, max_examples=64)
     else:
         config.evals = digits_evals(root, every_steps=config.total_steps // EVALS)
