@@ -237,3 +237,14 @@ def test_bad_decoder_configs_name_the_key(change, match):
     change(config)
     with pytest.raises(ValueError, match=match):
         validate(config)
+
+
+def test_the_locca_eval_without_a_decoder_reports_a_skip():
+    from multimodal_ssl.data.modalities import make_processors
+    from multimodal_ssl.evals.locca import LoccaEvaluator
+
+    config = load_recipe(str(ROOT / "configs" / "siglip2.py"), "tiny")
+    processors = make_processors(config, train=False, tokenizer=TOK)
+    evaluator = LoccaEvaluator("locca", dict(config.evals.locca), processors=processors,
+                               image_size=16, seed=0)
+    assert evaluator.run({"image": None, "text": None}) == {"eval/locca/skipped": 1.0}

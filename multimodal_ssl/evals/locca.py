@@ -9,8 +9,8 @@ example's first object:
 * ``grounded_exact`` / ``grounded_token_acc``: the name of the object in the given box.
 
 Needs ``config.decoder`` on (the embedder then hands it a ``locca`` captioner; without
-it the eval logs that it is skipped and gives no metrics, so one recipe serves the
-decoder-less arms of an ablation); the
+it the eval logs that it is skipped and reports only ``eval/<name>/skipped = 1``, so one
+recipe serves the decoder-less arms of an ablation); the
 decoder's tasks, prefixes and box format are those of ``data/locca_tasks.py``.
 """
 
@@ -102,7 +102,7 @@ class LoccaEvaluator(common.Evaluator):
                 "eval %s: skipped, type 'locca' needs the decoder (config.decoder.weight > 0)",
                 self.name,
             )
-            return {}
+            return self._prefixed({"skipped": 1.0})
         bins, tok = captioner.box_bins, captioner.tokenizer
         refs = {t: [] for t in locca_tasks.TASKS}
         preds = {t: [] for t in locca_tasks.TASKS}
