@@ -10,7 +10,8 @@ An evaluator type is a :class:`~multimodal_ssl.evals.common.Evaluator` subclass 
 * ``run({modality: embed_fn}) -> {"eval/<name>/<metric>": float}``.
 
 Types: ``zeroshot``, ``retrieval``, ``knn``, ``linear_probe`` (both fit on a labelled
-``train_data`` split), ``geometry``. Adding a type means one entry in ``EVALUATORS``.
+``train_data`` split), ``geometry``, ``fused`` (zero-shot and retrieval from several query
+modalities at once and with each missing in turn). Adding a type means one entry in ``EVALUATORS``.
 The metric functions (``zeroshot_metrics``, ``retrieval_metrics``, ``knn_metrics``,
 ``linear_probe_metrics``, ``geometry_metrics``, ``class_embeddings``) are pure and need
 no model. :mod:`.benchmarks` holds the standard zero-shot and retrieval benchmarks (class
@@ -20,6 +21,7 @@ names, prompt templates, TFDS specs) that ``zeroshot`` / ``retrieval`` pick by n
 from __future__ import annotations
 
 from multimodal_ssl.evals.common import Evaluator
+from multimodal_ssl.evals.fused import FusedEvaluator, fused_metrics
 from multimodal_ssl.evals.geometry import GeometryEvaluator, geometry_metrics
 from multimodal_ssl.evals.knn import KnnEvaluator, knn_metrics
 from multimodal_ssl.evals.linear_probe import LinearProbeEvaluator, linear_probe_metrics
@@ -34,6 +36,7 @@ EVALUATORS: dict[str, type[Evaluator]] = {
         KnnEvaluator,
         LinearProbeEvaluator,
         GeometryEvaluator,
+        FusedEvaluator,
     )
 }
 
@@ -50,12 +53,14 @@ def get_evaluator(type_name: str) -> type[Evaluator]:
 __all__ = [
     "EVALUATORS",
     "Evaluator",
+    "FusedEvaluator",
     "GeometryEvaluator",
     "KnnEvaluator",
     "LinearProbeEvaluator",
     "RetrievalEvaluator",
     "ZeroShotEvaluator",
     "class_embeddings",
+    "fused_metrics",
     "geometry_metrics",
     "get_evaluator",
     "knn_metrics",
