@@ -22,7 +22,6 @@ import ml_collections
 
 from multimodal_ssl.recipes import load_recipe
 
-
 STEPS = 200
 EVAL_EVERY = 25
 
