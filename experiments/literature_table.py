@@ -19,16 +19,17 @@ pairwise cosine retrieval of the same embeddings:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
+from multimodal_ssl.metrics import final_metrics
+from multimodal_ssl.sweep.aggregate import retrieval_keys
+
 PAIRS = [("image", "text"), ("audio", "text"), ("image", "audio"), ("depth", "text")]
 ZEROSHOT = ("image", "audio", "depth")
 MODS3 = ("image", "text", "audio")
-ABBREV = {"image": "img", "text": "txt"}
 COMMANDS = [
     "for r in symile gram dcl; do",
     "  python -m multimodal_ssl.main --config=configs/$r.py --workdir=/tmp/lit_$r",
@@ -40,19 +41,9 @@ COMMANDS = [
 ]
 
 
-def final_metrics(workdir: str) -> dict[str, float]:
-    """The last logged value of every metric of the run in ``workdir``."""
-    out: dict[str, float] = {}
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        for line in f:
-            out.update({k: v for k, v in json.loads(line).items() if k != "step"})
-    return out
-
-
 def _pair_cell(metrics: dict[str, float], a: str, b: str) -> str:
     """``a -> b / b -> a`` retrieval R@1 of eval ``retrieval_<a>_<b>``, or "-"."""
-    qa, qb = ABBREV.get(a, a), ABBREV.get(b, b)
-    keys = [f"eval/retrieval_{a}_{b}/{x}2{y}_r@1" for x, y in ((qa, qb), (qb, qa))]
+    keys = retrieval_keys(a, b)
     if not all(k in metrics for k in keys):
         return "-"
     return " / ".join(f"{metrics[k]:.3f}" for k in keys)

@@ -84,6 +84,16 @@ def read_metrics(workdir: str) -> dict[int, dict[str, float]]:
     return out
 
 
+def final_metrics(workdir: str) -> dict[str, float]:
+    """The last logged value of every metric of the run in ``workdir`` (from the highest
+    step that logged it)."""
+    by_step = read_metrics(workdir)
+    out: dict[str, float] = {}
+    for step in sorted(by_step):
+        out.update(by_step[step])
+    return out
+
+
 class Progress:
     """Console progress bar with loss, examples/s and ETA (process 0 only)."""
 

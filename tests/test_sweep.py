@@ -55,6 +55,24 @@ def test_product_zipit_fixed_chainit_expand_to_the_override_lists():
         h.sweep("optim.lr", [1e-3])
 
 
+def test_labelled_values_name_the_runs_through_product_zipit_and_chainit():
+    """h.sweep(key, {label: value}) names runs by the labels (values such as a whole loss
+    subtree have no short spelling); the values themselves are what the runs get."""
+    losses = {"sig": {"name": "sigmoid", "pairs": "all"}, "clip": {"name": "softmax"}}
+    swept = h.product([
+        h.zipit([h.sweep("config.loss", losses), h.sweep("config.total_steps", [5, 6])]),
+        h.sweep("config.seed", [0, 1]),
+    ])
+    assert [p["config.loss"] for p in swept] == [losses["sig"]] * 2 + [losses["clip"]] * 2
+    assert run_names(swept) == ["loss=sig,seed=0", "loss=sig,seed=1",
+                                "loss=clip,seed=0", "loss=clip,seed=1"]
+    chained = h.chainit([swept, h.sweep("config.loss", {"dcl": {"name": "dcl"}})])
+    assert run_names(chained)[-1] == "loss=dcl"
+    assert [p["config.loss"]["name"] for p in chained][-1] == "dcl"
+    with pytest.raises(ValueError, match="non-empty str labels"):
+        h.sweep("config.loss", {"": 1})
+
+
 def test_recipe_sweeps_list_their_runs():
     """configs/siglip.py's get_hyper(h, arg) sees the :ARG; the two study recipes expand
     (and validate) to the runs their docstrings promise."""

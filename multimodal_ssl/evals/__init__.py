@@ -11,10 +11,12 @@ An evaluator type is a :class:`~multimodal_ssl.evals.common.Evaluator` subclass 
 
 Types: ``zeroshot``, ``retrieval``, ``knn``, ``linear_probe`` (both fit on a labelled
 ``train_data`` split), ``geometry``, ``dense_probe`` (segmentation from patch tokens),
-``locca`` (greedy decoding of SigLIP 2's decoder). Adding a type means one entry in
-``EVALUATORS``. The metric functions
+``locca`` (greedy decoding of SigLIP 2's decoder), ``fused`` (zero-shot and retrieval from
+several query modalities at once and with each missing in turn). Adding a type means one
+entry in ``EVALUATORS``. The metric functions
 (``zeroshot_metrics``, ``retrieval_metrics``, ``knn_metrics``, ``linear_probe_metrics``,
-``geometry_metrics``, ``dense_probe_metrics``, ``class_embeddings``) are pure and need
+``geometry_metrics``, ``dense_probe_metrics``, ``fused_metrics``, ``class_embeddings``) are
+pure and need
 no model. :mod:`.benchmarks` holds the standard zero-shot and retrieval benchmarks (class
 names, prompt templates, TFDS specs) that ``zeroshot`` / ``retrieval`` pick by name.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 from multimodal_ssl.evals.common import Evaluator
 from multimodal_ssl.evals.dense_probe import DenseProbeEvaluator, dense_probe_metrics
+from multimodal_ssl.evals.fused import FusedEvaluator, fused_metrics
 from multimodal_ssl.evals.geometry import GeometryEvaluator, geometry_metrics
 from multimodal_ssl.evals.knn import KnnEvaluator, knn_metrics
 from multimodal_ssl.evals.linear_probe import LinearProbeEvaluator, linear_probe_metrics
@@ -40,6 +43,7 @@ EVALUATORS: dict[str, type[Evaluator]] = {
         GeometryEvaluator,
         LoccaEvaluator,
         DenseProbeEvaluator,
+        FusedEvaluator,
     )
 }
 
@@ -57,6 +61,7 @@ __all__ = [
     "EVALUATORS",
     "DenseProbeEvaluator",
     "Evaluator",
+    "FusedEvaluator",
     "GeometryEvaluator",
     "KnnEvaluator",
     "LinearProbeEvaluator",
@@ -64,6 +69,7 @@ __all__ = [
     "ZeroShotEvaluator",
     "class_embeddings",
     "dense_probe_metrics",
+    "fused_metrics",
     "geometry_metrics",
     "get_evaluator",
     "knn_metrics",

@@ -10,7 +10,9 @@
 
 A :class:`Sweep` is an ordered list of points, each ``{"config.a.b": value}``:
 
-- ``h.sweep(key, values)``: one point per value, in order;
+- ``h.sweep(key, values)``: one point per value, in order; ``values`` may be a dict
+  ``{label: value}``, whose labels then name the runs in place of the values (for
+  values with no short spelling, e.g. a whole ``config.loss`` subtree per objective);
 - ``h.fixed(key, value, length=1)``: ``length`` points all holding ``value``;
 - ``h.product([s1, s2, ...])``: the cartesian product, ``s1`` varying slowest (like
   ``itertools.product``); the factors must set distinct keys;
@@ -29,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import types
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 PREFIX = "config."
@@ -38,10 +40,16 @@ PREFIX = "config."
 @dataclasses.dataclass(frozen=True)
 class Sweep:
     """``points``: one ``{"config.key": value}`` dict per run, in order; ``axes``: the keys
-    that name its runs (module docstring)."""
+    that name its runs (module docstring); ``labels``: per point, ``{"config.key": label}``
+    for the keys swept with labelled values (None: no labels anywhere)."""
 
     points: tuple[dict[str, Any], ...]
     axes: frozenset[str] = frozenset()
+    labels: tuple[dict[str, str], ...] | None = None
+
+    def label(self, i: int) -> dict[str, str]:
+        """The labels of point ``i`` (``{}`` when none of its keys is labelled)."""
+        return self.labels[i] if self.labels else {}
 
     def __len__(self) -> int:
         return len(self.points)
@@ -62,9 +70,19 @@ def _check_key(fn: str, key: Any) -> None:
         )
 
 
-def sweep(key: str, values: Sequence[Any]) -> Sweep:
-    """One point ``{key: v}`` per ``v`` in ``values`` (a non-empty list or tuple)."""
+def sweep(key: str, values: Sequence[Any] | Mapping[str, Any]) -> Sweep:
+    """One point ``{key: v}`` per ``v`` in ``values`` (a non-empty list or tuple), or per
+    item of a dict ``{label: v}`` (the labels, non-empty distinct strings, name the runs)."""
     _check_key("sweep", key)
+    if isinstance(values, Mapping):
+        labels = list(values)
+        if not labels or not all(isinstance(x, str) and x for x in labels):
+            raise ValueError(
+                f"h.sweep({key!r}, {{...}}): a dict of values needs non-empty str labels, "
+                f"got {labels!r}"
+            )
+        points = tuple({key: v} for v in values.values())
+        return Sweep(points, frozenset([key]), tuple({key: x} for x in labels))
     if not isinstance(values, list | tuple | range) or not values:
         raise ValueError(f"h.sweep({key!r}, {values!r}): values must be a non-empty list")
     return Sweep(tuple({key: v} for v in values), frozenset([key]))
@@ -103,15 +121,23 @@ def _axes(sweeps: list[Sweep]) -> frozenset[str]:
     return frozenset().union(*(s.axes for s in sweeps))
 
 
+def _merge(sweeps: list[Sweep], combos) -> Sweep:
+    """The points (and labels) of ``combos``: tuples of one point index per sweep."""
+    points, labels = [], []
+    for combo in combos:
+        picked = list(zip(sweeps, combo, strict=True))
+        points.append({k: v for s, i in picked for k, v in s.points[i].items()})
+        labels.append({k: v for s, i in picked for k, v in s.label(i).items()})
+    has_labels = any(s.labels for s in sweeps)
+    return Sweep(tuple(points), labels=tuple(labels) if has_labels else None)
+
+
 def product(sweeps: Sequence[Sweep]) -> Sweep:
     """Every combination of one point of each sweep; the first varies slowest."""
     sweeps = _as_sweeps("product", sweeps)
     _check_disjoint("product", sweeps)
-    points = tuple(
-        {k: v for p in combo for k, v in p.items()}
-        for combo in itertools.product(*(s.points for s in sweeps))
-    )
-    return Sweep(points, _axes(sweeps))
+    merged = _merge(sweeps, itertools.product(*(range(len(s)) for s in sweeps)))
+    return dataclasses.replace(merged, axes=_axes(sweeps))
 
 
 def zipit(sweeps: Sequence[Sweep]) -> Sweep:
@@ -126,15 +152,20 @@ def zipit(sweeps: Sequence[Sweep]) -> Sweep:
             f"h.zipit: the sweeps have different lengths ({sizes}); zip sweeps of equal "
             f"length (h.fixed(key, value, length=n) repeats a constant)"
         )
-    groups = zip(*(s.points for s in sweeps), strict=True)
-    points = tuple({k: v for p in group for k, v in p.items()} for group in groups)
-    return Sweep(points, next((s.axes for s in sweeps if s.axes), frozenset()))
+    size = lengths.pop() if lengths else 0
+    merged = _merge(sweeps, ((i,) * len(sweeps) for i in range(size)))
+    return dataclasses.replace(merged, axes=next((s.axes for s in sweeps if s.axes), frozenset()))
 
 
 def chainit(sweeps: Sequence[Sweep]) -> Sweep:
     """The points of each sweep, one sweep after the other."""
     sweeps = _as_sweeps("chainit", sweeps)
-    return Sweep(tuple(p for s in sweeps for p in s.points), _axes(sweeps))
+    labels = tuple(s.label(i) for s in sweeps for i in range(len(s)))
+    return Sweep(
+        tuple(p for s in sweeps for p in s.points),
+        _axes(sweeps),
+        labels if any(s.labels for s in sweeps) else None,
+    )
 
 
 # What ``get_hyper(h)`` receives as ``h``.

@@ -10,7 +10,8 @@ swept key stops the whole sweep at once, naming the key.
 Run names are ``label=value`` pairs joined by ``,`` (Hydra's convention), e.g.
 ``b_init=-5,t_init=2.303,seed=0``: the label is the shortest dotted suffix of the key
 that is unique in the sweep, floats keep 4 significant digits (all digits if that would
-make two names equal), and characters other than ``A-Za-z0-9._+-@`` become ``_``. The keys
+make two names equal), a value swept as ``h.sweep(key, {label: value})`` is written as
+its label, and characters other than ``A-Za-z0-9._+-@`` become ``_``. The keys
 named are the sweep's axes (``h.sweep`` keys, one per ``zipit``: :mod:`.hyper`); should
 that leave two runs with one name, every key whose value varies is named.
 """
@@ -39,7 +40,8 @@ MAX_NAME = 150  # longer names are cut and get a hash (file names stop at 255 by
 class Run:
     """One run of the sweep. ``overrides``: its ``{"config.key": value}`` (sweep order);
     ``args``: ``main``'s flags for it; ``total_steps`` / ``evals``: from its config, to
-    tell from ``metrics.jsonl`` whether it finished."""
+    tell from ``metrics.jsonl`` whether it finished; ``labels``: ``{"config.key": label}``
+    of its values swept with labels (``h.sweep(key, {label: value})``)."""
 
     name: str
     workdir: str
@@ -47,6 +49,7 @@ class Run:
     args: tuple[str, ...]
     total_steps: int
     evals: tuple[str, ...]
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def load_hyper(spec: str) -> Sweep:
@@ -108,8 +111,13 @@ def run_names(sweep: Sweep) -> list[str]:
     for keys, exact in ((axes, False), (every, False), (every, True)):
         labels = _labels(keys)
         names = [
-            ",".join(f"{labels[k]}={_label_value(p[k], exact)}" for k in keys if k in p) or "run"
-            for p in sweep
+            ",".join(
+                f"{labels[k]}={_label_value(sweep.label(i).get(k, p[k]), exact)}"
+                for k in keys
+                if k in p
+            )
+            or "run"
+            for i, p in enumerate(sweep)
         ]
         names = [_shorten(n) for n in names]
         if len(set(names)) == len(names):
@@ -198,7 +206,7 @@ def plan(spec: str, workdir: str, cli_overrides: Sequence[str] = ()) -> list[Run
                 f"drop one of them"
             )
     runs = []
-    for name, point in zip(run_names(sweep), sweep, strict=True):
+    for i, (name, point) in enumerate(zip(run_names(sweep), sweep, strict=True)):
         run_dir = os.path.join(workdir, name)
         swept = [f"--{k}={format_value(v)}" for k, v in point.items()]
         args = (f"--config={spec}", f"--workdir={run_dir}", *cli_overrides, *swept)
@@ -214,6 +222,9 @@ def plan(spec: str, workdir: str, cli_overrides: Sequence[str] = ()) -> list[Run
         except ValueError as e:
             raise ValueError(f"run {name}: {e}") from None
         runs.append(
-            Run(name, run_dir, dict(point), args, config.total_steps, tuple(config.evals))
+            Run(
+                name, run_dir, dict(point), args, config.total_steps, tuple(config.evals),
+                dict(sweep.label(i)),
+            )
         )
     return runs

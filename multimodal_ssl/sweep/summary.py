@@ -7,7 +7,8 @@ runner saw end, from ``sweep.jsonl``; empty for runs launched otherwise), and pe
 ``eval/*`` metric its final value (at the last step it was logged) and, as
 ``<metric>:best``, its best: the maximum for top-k / R@k / accuracies, the minimum for
 ranks, empty for metrics with no better direction (geometry, probe l2).
-The CSV keeps every digit; the Markdown table shows 4 significant digits, ``final (best)``.
+The CSV keeps every digit (and whole values); the Markdown table shows 4 significant digits,
+``final (best)``, and a value swept with a label (``h.sweep(key, {label: value})``) as its label.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class Row:
     wall_s: float | None
     final: dict[str, float]
     best: dict[str, float]
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def _wall_seconds(run_dir: str) -> float | None:
@@ -77,7 +79,7 @@ def collect(run: Run) -> Row:
         status = "incomplete" if metrics else "not started"
     return Row(
         run.name, status, run.overrides, max(trained) if trained else None,
-        _wall_seconds(run.workdir), final, best,
+        _wall_seconds(run.workdir), final, best, dict(run.labels),
     )
 
 
@@ -122,7 +124,7 @@ def write(rows: Sequence[Row], workdir: str) -> tuple[str, str]:
         "|" + "---|" * len(header),
     ]
     for r in rows:
-        cells = [r.name, r.status, *(_cell(r.overrides.get(k)) for k in keys),
+        cells = [r.name, r.status, *(r.labels.get(k) or _cell(r.overrides.get(k)) for k in keys),
                  _cell(r.steps), "" if r.wall_s is None else f"{r.wall_s:.0f}"]
         for m in metrics:
             final, best = _short(r.final.get(m)), _short(r.best.get(m))
