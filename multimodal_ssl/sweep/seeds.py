@@ -11,8 +11,7 @@ import math
 import os
 from collections.abc import Sequence
 
-import numpy as np
-
+from multimodal_ssl.sweep.aggregate import Stat
 from multimodal_ssl.sweep.plan import PREFIX, format_value
 from multimodal_ssl.sweep.summary import Row
 
@@ -31,20 +30,22 @@ def seed_groups(rows: Sequence[Row]) -> dict[tuple, list[Row]]:
     return groups
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
-    """(mean, sample std (0 for one value), n) of the finite ``values``."""
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], np.float64)
-    if not len(v):
+def mean_std(values: Sequence[float | None]) -> tuple[float, float, int]:
+    """(mean, sample std (0 for one value), n) of the finite ``values`` (None skipped)."""
+    finite = [x for x in values if x is not None and math.isfinite(x)]
+    if not finite:
         return math.nan, math.nan, 0
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, len(v)
+    stat = Stat.of(finite)
+    return stat.mean, 0.0 if stat.n == 1 else stat.std, stat.n
 
 
-def cell(values: Sequence[float], digits: int = 3) -> str:
+def cell(values: Sequence[float | None], digits: int = 3) -> str:
     """``"0.912 ± 0.004 (3)"``; the value alone for one seed; empty for none."""
-    mean, std, n = mean_std(values)
-    if n == 0:
+    finite = [x for x in values if x is not None and math.isfinite(x)]
+    if not finite:
         return ""
-    return f"{mean:.{digits}f}" if n == 1 else f"{mean:.{digits}f} ± {std:.{digits}f} ({n})"
+    stat = Stat.of(finite)
+    return stat.cell(digits) + ("" if stat.n == 1 else f" ({stat.n})")
 
 
 def write(rows: Sequence[Row], workdir: str, metrics: Sequence[str] | None = None) -> str:
