@@ -9,6 +9,9 @@ per step.
 
 writes ``experiments/siglip2_ablation_table.md`` (the table, pasted into
 ``siglip2_ablation.md`` with the reading) and ``experiments/siglip2_ablation.png``.
+``--flops`` adds each arm's training FLOPs per step (XLA's ``cost_analysis`` of the
+lowered step on one device, the self-distillation terms counted as on): a measure of the
+cost that does not depend on what else the machine runs.
 """
 
 from __future__ import annotations
@@ -58,10 +61,32 @@ def step_ms(run_dir: str) -> float | None:
     return statistics.median(values) if values else None
 
 
+def step_flops(arm_key: tuple[float, float, float]) -> float:
+    """FLOPs of one train step of the study's config in arm ``arm_key`` (lowered, not
+    compiled; one device; the first batch of the real pipeline)."""
+    import jax
+
+    from multimodal_ssl.builder import Experiment
+    from multimodal_ssl.recipes import load_recipe
+    from multimodal_ssl.sharding import to_global
+
+    config = load_recipe(RECIPE)
+    config.evals = {}
+    config.decoder.weight, config.distill.local_weight, config.distill.masked_weight = arm_key
+    exp = Experiment(config, jax.devices()[:1])
+    batches = iter(exp.train_loader())
+    batch = {k: v for k, v in next(batches).items() if k in exp.batch_keys}
+    batches.close()
+    state = exp.init_state()
+    lowered = exp.train_step(state).lower(state, to_global(batch, exp.mesh))
+    return float(lowered.cost_analysis()["flops"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--out", default=os.path.join(ROOT, "experiments"))
+    parser.add_argument("--flops", action="store_true", help="add FLOPs per step per arm")
     args = parser.parse_args()
     runs = plan(RECIPE, args.workdir)
     rows = [summary.collect(r) for r in runs]
@@ -77,6 +102,13 @@ def main() -> None:
         cells += [seeds.cell([r.final.get(m) for _, r in group]) or "-" for m in COLUMNS]
         cells.append(seeds.cell([step_ms(run.workdir) for run, _ in group], 0))
         lines.append("| " + " | ".join(cells) + " |")
+    if args.flops:
+        base = None
+        lines += ["", "| arm | training GFLOPs / step (terms on) | x base |", "|---|---|---|"]
+        for key, name in ARM_NAMES.items():
+            flops = step_flops(key)
+            base = base or flops
+            lines.append(f"| {name} | {flops / 1e9:.1f} | {flops / base:.2f} |")
     table = os.path.join(args.out, "siglip2_ablation_table.md")
     with open(table, "w") as f:
         f.write("\n".join(lines) + "\n")
