@@ -61,6 +61,28 @@ def step_ms(run_dir: str) -> float | None:
     return statistics.median(values) if values else None
 
 
+PAIRED = ("eval/zeroshot/zeroshot_top1", "eval/retrieval/img2txt_r@1",
+          "eval/retrieval/txt2img_r@1", "eval/dense_probe/miou")
+
+
+def paired_table(groups) -> str:
+    """Each arm minus the base run of the same seed (same init and data order until the
+    arms diverge), mean ± std over seeds: far less noisy than comparing the arms' means."""
+    base = {r.overrides["config.seed"]: r for _, r in groups.get(ARM_NAMES[(0.0, 0.0, 0.0)], [])}
+    header = ["arm - base (same seed)", *(COLUMNS[m] for m in PAIRED)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name in list(ARM_NAMES.values())[1:]:
+        cells = [name]
+        for m in PAIRED:
+            diffs = [r.final[m] - base[r.overrides["config.seed"]].final[m]
+                     for _, r in groups.get(name, [])
+                     if r.overrides["config.seed"] in base and m in r.final
+                     and m in base[r.overrides["config.seed"]].final]
+            cells.append(seeds.cell(diffs) or "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def step_flops(arm_key: tuple[float, float, float]) -> float:
     """FLOPs of one train step of the study's config in arm ``arm_key`` (lowered, not
     compiled; one device; the first batch of the real pipeline)."""
@@ -92,7 +114,9 @@ def main() -> None:
     rows = [summary.collect(r) for r in runs]
     groups: dict[str, list] = {}
     for run, row in zip(runs, rows, strict=True):
-        if row.status == "finished":
+        # Trained to the end. (A decoder-less arm written before the locca eval reported
+        # its skip has every metric but that one, which the sweep waits for.)
+        if row.steps == run.total_steps:
             groups.setdefault(arm(row), []).append((run, row))
     header = ["arm", "seeds", *COLUMNS.values(), "ms / step (median)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -102,6 +126,7 @@ def main() -> None:
         cells += [seeds.cell([r.final.get(m) for _, r in group]) or "-" for m in COLUMNS]
         cells.append(seeds.cell([step_ms(run.workdir) for run, _ in group], 0))
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", paired_table(groups)]
     if args.flops:
         base = None
         lines += ["", "| arm | training GFLOPs / step (terms on) | x base |", "|---|---|---|"]
