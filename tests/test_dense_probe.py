@@ -6,6 +6,7 @@ features) on a 2-device mesh."""
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -17,6 +18,8 @@ from multimodal_ssl.data import shapes, shapes_masks
 from multimodal_ssl.data.fields import FieldRequest
 from multimodal_ssl.evals import segmentation
 from multimodal_ssl.recipes import load_recipe, shapes_dense_evals
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def obj(shape, color, x=0.5, y=0.5, depth=0.5, size=1, shade=1.0):
@@ -188,7 +191,7 @@ def tiny():
     """The tiny SigLIP at 32 px with 4 px patches (8 x 8 tokens), gap pooling, two-object
     scenes, untrained, on a 2-device mesh, and its dense-probe evaluator (two l2 values,
     100 L-BFGS steps). (The ViT's tokens leave a class token out: test_distill.py.)"""
-    config = load_recipe("configs/siglip.py", "tiny")
+    config = load_recipe(str(ROOT / "configs" / "siglip.py"), "tiny")
     config.data.image_size = 32
     config.data.shapes.max_objects = 2
     config.model.towers.image.patch_size = 4

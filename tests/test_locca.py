@@ -162,15 +162,25 @@ def test_causal_rows_ignore_the_future_and_parallel_rows_do_not():
     np.testing.assert_array_equal(mask[0, 0], [[1, 1, 0]] * 3)
 
 
-def test_greedy_decoding_is_the_argmax_of_teacher_forcing_on_its_own_output():
-    config = load_recipe(str(ROOT / "configs" / "siglip2.py"), "tiny")
+@pytest.fixture(scope="module")
+def tiny():
+    """configs/siglip2.py:tiny's model, its LocCa term, params (jitted inits), 4 images."""
     from multimodal_ssl.models.towers import build_model
 
+    config = load_recipe(str(ROOT / "configs" / "siglip2.py"), "tiny")
     model = build_model(config, TOK.vocab_size)
     term = locca.LocCa(config.decoder, model, TOK.vocab_size)
-    image = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
-    params = model.init(jax.random.key(0), {"image": image, "text": jnp.zeros((2, 16), jnp.int32)})
-    params = {**params["params"], locca.PARAMS: term.init_params(jax.random.key(1))}
+    rng = np.random.default_rng(0)
+    inputs = {"image": jnp.asarray(rng.uniform(-1, 1, (4, 16, 16, 3)), jnp.float32),
+              "text": jnp.zeros((4, 16), jnp.int32)}
+    params = {**jax.jit(model.init)(jax.random.key(0), inputs)["params"],
+              locca.PARAMS: jax.jit(term.init_params)(jax.random.key(1))}
+    return config, model, term, params, inputs
+
+
+def test_greedy_decoding_is_the_argmax_of_teacher_forcing_on_its_own_output(tiny):
+    _, _, term, params, inputs = tiny
+    image = inputs["image"][:2]
     rows = [lt.decoder_row(TOK, p, "", 64, "t") for p in ("cap:", "ref: small red circle:")]
     heads = jnp.asarray(np.stack([r["inputs"] for r in rows]))
     head_len = jnp.asarray([r["prefix_len"] for r in rows])
@@ -187,19 +197,10 @@ def test_greedy_decoding_is_the_argmax_of_teacher_forcing_on_its_own_output():
         np.testing.assert_array_equal(np.argmax(logits[i, n - 1 : n + 5], -1), out[i])
 
 
-def test_the_decoder_loss_trains_the_image_tower_through_the_shared_forward_pass():
+def test_the_decoder_loss_trains_the_image_tower_through_the_shared_forward_pass(tiny):
     """The step's forward returns the patch tokens next to the embeddings; the decoder's
     loss alone gives the image tower a gradient (and none to the text tower)."""
-    config = load_recipe(str(ROOT / "configs" / "siglip2.py"), "tiny")
-    from multimodal_ssl.models.towers import build_model
-
-    model = build_model(config, TOK.vocab_size)
-    term = locca.LocCa(config.decoder, model, TOK.vocab_size)
-    rng = np.random.default_rng(0)
-    inputs = {"image": jnp.asarray(rng.uniform(-1, 1, (4, 16, 16, 3)), jnp.float32),
-              "text": jnp.zeros((4, 16), jnp.int32)}
-    params = {**model.init(jax.random.key(0), inputs)["params"],
-              locca.PARAMS: term.init_params(jax.random.key(1))}
+    config, model, term, params, inputs = tiny
     proc = locca.make_processor(config.decoder, TOK)
     field = {"caption": "a red circle", "objects": [{"name": "red", "box": [0, 0, 1, 1]}]}
     batch = proc.collate([proc.read(field, "w", np.random.default_rng(i)) for i in range(4)])

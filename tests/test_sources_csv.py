@@ -36,12 +36,16 @@ def eval_pass(src, pp="resize(8)|value_range(0, 1)", strict=False, batch_size=4)
 
 
 @pytest.mark.parametrize("name, delimiter", [("data.csv", ","), ("data.tsv", "\t")])
-def test_rows_decode_like_pil_with_paths_relative_to_the_csv(tmp_path, name, delimiter):
+def test_rows_decode_like_pil_with_paths_relative_to_the_csv(
+    tmp_path, monkeypatch, name, delimiter
+):
     paths = write_image_files(str(tmp_path), range(6), fmt="PNG")
     paths[2] = str(tmp_path / paths[2])  # absolute paths work too
     rows = [[p, caption(i), str(i % 3)] for i, p in enumerate(paths)]
     csv_path = write_csv(str(tmp_path / name), ["filepath", "title", "label"], rows, delimiter)
-    os.chdir(tmp_path.parent)  # relative paths resolve against the CSV, not the cwd
+    # Relative paths resolve against the CSV, not the cwd (restored after the test: the
+    # other tests of this worker read repository-relative paths).
+    monkeypatch.chdir(tmp_path.parent)
     src = open_csv(csv_path)
     assert len(src) == 6 and src.classnames is None
     batches = list(eval_pass(src))
