@@ -268,6 +268,26 @@ def _canvas(image_size: int) -> tuple[np.ndarray, np.ndarray]:
     return background, coords
 
 
+def coverage(
+    obj: SceneObject, image_size: int
+) -> tuple[tuple[slice, slice], np.ndarray] | None:
+    """``obj``'s box of pixels and its coverage ``0.5 - sd`` there (sd: signed distance to
+    the outline in pixels; f32 [h, w], not yet clipped), or None when the box is empty.
+    The one place :func:`render` and the segmentation masks compute it."""
+    _, coords = _canvas(image_size)
+    radius = RADIUS[obj.size] * image_size
+    cx, cy = obj.x * image_size, obj.y * image_size
+    name = SHAPES[obj.shape]
+    reach = _EXTENT[name] * radius + 1.0
+    x0, x1 = max(int(cx - reach), 0), min(int(math.ceil(cx + reach)), image_size)
+    y0, y1 = max(int(cy - reach), 0), min(int(math.ceil(cy + reach)), image_size)
+    if x0 >= x1 or y0 >= y1:
+        return None
+    dx = (coords[x0:x1] - cx)[None, :]
+    dy = (coords[y0:y1] - cy)[:, None]
+    return (slice(y0, y1), slice(x0, x1)), 0.5 - _signed_distance(name, dx, dy, radius)
+
+
 def render(scene: Sequence[SceneObject], image_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Renders ``scene`` -> (image: uint8 [S, S, 3], depth: float32 [S, S]).
 
@@ -275,25 +295,18 @@ def render(scene: Sequence[SceneObject], image_size: int) -> tuple[np.ndarray, n
     (sd = signed distance in pixels); a pixel's depth is that of the nearest object
     covering at least half of it, else BACKGROUND_DEPTH.
     """
-    background, coords = _canvas(image_size)
+    background, _ = _canvas(image_size)
     image = background.copy()
     depth = np.full((image_size, image_size), BACKGROUND_DEPTH, np.float32)
     for obj in sorted(scene, key=lambda o: -o.depth):
-        radius = RADIUS[obj.size] * image_size
-        cx, cy = obj.x * image_size, obj.y * image_size
-        name = SHAPES[obj.shape]
-        reach = _EXTENT[name] * radius + 1.0
-        x0, x1 = max(int(cx - reach), 0), min(int(math.ceil(cx + reach)), image_size)
-        y0, y1 = max(int(cy - reach), 0), min(int(math.ceil(cy + reach)), image_size)
-        if x0 >= x1 or y0 >= y1:
+        covered = coverage(obj, image_size)
+        if covered is None:
             continue
-        dx = (coords[x0:x1] - cx)[None, :]
-        dy = (coords[y0:y1] - cy)[:, None]
-        cover = 0.5 - _signed_distance(name, dx, dy, radius)
+        box, cover = covered
         np.minimum(np.maximum(cover, 0.0, out=cover), 1.0, out=cover)
-        region = image[y0:y1, x0:x1]
+        region = image[box]
         region += cover[..., None] * (RGB[obj.color] * obj.shade - region)
-        depth[y0:y1, x0:x1][cover >= 0.5] = obj.depth
+        depth[box][cover >= 0.5] = obj.depth
     return np.rint(image).astype(np.uint8), depth
 
 

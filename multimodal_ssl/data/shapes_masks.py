@@ -10,7 +10,6 @@ Computed only when a pipeline requests the field; the default record is unchange
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,22 +22,14 @@ NUM_CLASSES = 1 + len(shapes.SHAPES) * len(shapes.COLORS)
 
 def segmentation(scene: Sequence[shapes.SceneObject], image_size: int) -> np.ndarray:
     """The class mask of ``scene`` rendered at ``image_size`` -> int32 [S, S] in
-    ``[0, NUM_CLASSES)`` (module docstring). Same coverage arithmetic as ``render``."""
-    _, coords = shapes._canvas(image_size)
+    ``[0, NUM_CLASSES)`` (module docstring). The coverage is ``render``'s
+    (:func:`.shapes.coverage`)."""
     mask = np.zeros((image_size, image_size), np.int32)
     for obj in sorted(scene, key=lambda o: -o.depth):  # far to near: the nearest wins
-        radius = shapes.RADIUS[obj.size] * image_size
-        cx, cy = obj.x * image_size, obj.y * image_size
-        name = shapes.SHAPES[obj.shape]
-        reach = shapes._EXTENT[name] * radius + 1.0
-        x0, x1 = max(int(cx - reach), 0), min(int(math.ceil(cx + reach)), image_size)
-        y0, y1 = max(int(cy - reach), 0), min(int(math.ceil(cy + reach)), image_size)
-        if x0 >= x1 or y0 >= y1:
-            continue
-        dx = (coords[x0:x1] - cx)[None, :]
-        dy = (coords[y0:y1] - cy)[:, None]
-        cover = 0.5 - shapes._signed_distance(name, dx, dy, radius)
-        mask[y0:y1, x0:x1][cover >= 0.5] = 1 + shapes.shape_color_label(obj.shape, obj.color)
+        covered = shapes.coverage(obj, image_size)
+        if covered is not None:
+            box, cover = covered
+            mask[box][cover >= 0.5] = 1 + shapes.shape_color_label(obj.shape, obj.color)
     return mask
 
 
