@@ -72,12 +72,7 @@ class Embedder:
             raise ValueError(f"modality {modality!r}: no ViT tower gives patch tokens")
         images = np.asarray(images)
         n = len(images)
-        padded = self.padded_size(n)
-        if padded != n:
-            images = np.concatenate(
-                [images, np.zeros((padded - n, *images.shape[1:]), images.dtype)]
-            )
-        x = jax.device_put(images, batch_sharding(self.mesh))
+        x = jax.device_put(rows.pad(images, self.padded_size(n)), batch_sharding(self.mesh))
         return np.asarray(self._token_fns[modality](self.params, x))[:n]
 
     def padded_size(self, n: int) -> int:

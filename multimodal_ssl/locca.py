@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from multimodal_ssl.data import locca_tasks
+from multimodal_ssl.data import locca_tasks, rows
 from multimodal_ssl.data.tokenizers import Tokenizer
 from multimodal_ssl.losses.captioning import captioning_loss
 from multimodal_ssl.models.text_decoder import TextDecoder
@@ -239,7 +239,7 @@ class Captioner:
         for i, prefix in enumerate(prefixes):
             row = locca_tasks.decoder_row(self.tokenizer, prefix, "", t, "locca eval")
             heads[i], head_len[i] = row["inputs"], row["prefix_len"]
-        images = np.concatenate([images, np.zeros((padded - n, *images.shape[1:]), images.dtype)])
+        images = rows.pad(np.asarray(images), padded)
         put = jax.device_put((images, heads, head_len), batch_sharding(self.embedder.mesh))
         ids = np.asarray(self._fn(self.embedder.params, *put, steps=max_new))[:n]
         out = []

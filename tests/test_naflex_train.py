@@ -25,6 +25,7 @@ from multimodal_ssl.metrics import read_metrics
 from multimodal_ssl.recipes import load_recipe
 from multimodal_ssl.sharding import BATCH_AXES, make_mesh, to_global
 from multimodal_ssl.train import train
+from tests.test_train import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 MIXED = "random_aspect_crop(0.5, 2.0)|value_range(-1, 1)"
@@ -32,14 +33,7 @@ MIXED = "random_aspect_crop(0.5, 2.0)|value_range(-1, 1)"
 
 def naflex_tiny(**overrides):
     """configs/siglip2.py:tiny,naflex (16 px scenes, 4 px patches, 16 patches) + overrides."""
-    config = load_recipe(str(ROOT / "configs" / "siglip2.py"), "tiny,naflex")
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
+    return tiny("siglip2.py", "tiny,naflex", **overrides)
 
 
 @contextlib.contextmanager

@@ -17,8 +17,8 @@ from multimodal_ssl.train import train
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tiny(name="siglip.py", **overrides):
-    config = load_recipe(str(ROOT / "configs" / name), "tiny")
+def tiny(name="siglip.py", variant="tiny", **overrides):
+    config = load_recipe(str(ROOT / "configs" / name), variant)
     for key, value in overrides.items():
         node = config
         *parents, leaf = key.split(".")
