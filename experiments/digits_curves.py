@@ -15,8 +15,8 @@ Per setting (optimizer, learning rate, augmentation; the finished runs' seeds po
 - ``<out>/siglip_digits_curves.png``: zero-shot top-1, image->text R@1 and k-NN top-1
   against the step, one line per setting: the mean over seeds with a shaded min-max band.
 
-Rows come from the sweep's own helpers (``summary.collect``, ``seeds.seed_groups`` /
-``cell`` / ``mean_std``, ``runner.read_metrics``). ``--config`` takes the recipe's
+Rows and curves come from the sweep's own helpers (``summary.collect``,
+``seeds.seed_groups`` / ``cell``, ``sweep.curves``). ``--config`` takes the recipe's
 ``:tiny`` variant for the smoke sweep; ``--out`` defaults to ``experiments/``.
 """
 
@@ -27,12 +27,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-import numpy as np
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from multimodal_ssl.sweep import runner, seeds, summary  # noqa: E402
+from multimodal_ssl.sweep import curves, seeds, summary  # noqa: E402
 from multimodal_ssl.sweep.plan import Run, plan  # noqa: E402
 
 RECIPE = os.path.join(ROOT, "configs", "studies", "siglip_digits.py")
@@ -42,8 +40,6 @@ TXT2IMG = "eval/retrieval/txt2img_r@1"
 KNN = "eval/knn/knn@20_top1"
 CURVES = {ZEROSHOT: "zero-shot top-1", IMG2TXT: "img→txt R@1 (class-level)", KNN: "k-NN@20 top-1"}
 DEFAULT = ("muon", 2e-3, "resize_small|center_crop|value_range(-1, 1)")
-
-Curve = dict[int, float]
 
 
 def label(overrides: dict) -> str:
@@ -59,27 +55,6 @@ def label(overrides: dict) -> str:
     return text
 
 
-def curve(run_dir: str, metric: str) -> Curve:
-    """``{step: value}`` of ``metric`` in the run's ``metrics.jsonl``."""
-    return {s: m[metric] for s, m in sorted(runner.read_metrics(run_dir).items()) if metric in m}
-
-
-def pooled(curves: Sequence[Curve]) -> tuple[np.ndarray, np.ndarray]:
-    """(steps every curve has, [n_curves, n_steps] values at them)."""
-    if not curves:
-        return np.zeros(0, np.int64), np.zeros((0, 0))
-    steps = sorted(set.intersection(*(set(c) for c in curves)))
-    return np.asarray(steps, np.int64), np.asarray([[c[s] for s in steps] for c in curves])
-
-
-def best_step(curves: Sequence[Curve]) -> int | None:
-    """The step at which the mean over ``curves`` peaks (the earliest on a tie)."""
-    steps, values = pooled(curves)
-    if not len(steps):
-        return None
-    return int(steps[int(np.argmax(values.mean(axis=0)))])
-
-
 def table(groups: dict[str, list[tuple[Run, summary.Row]]]) -> list[str]:
     """The Markdown lines of the table (module docstring)."""
     header = ["setting", "seeds"]
@@ -92,39 +67,14 @@ def table(groups: dict[str, list[tuple[Run, summary.Row]]]) -> list[str]:
         for metric in (ZEROSHOT, IMG2TXT):
             cells.append(seeds.cell([row.final.get(metric) for _, row in group]) or "-")
             cells.append(seeds.cell([row.best.get(metric) for _, row in group]) or "-")
-            step = best_step([curve(run.workdir, metric) for run, _ in group])
+            step = curves.best_step([curves.curve(run.workdir, metric) for run, _ in group],
+                                    metric)
             cells.append("-" if step is None else str(step))
         for metric in (TXT2IMG, KNN):
             cells.append(seeds.cell([row.final.get(metric) for _, row in group]) or "-")
         cells.append(seeds.cell([row.wall_s for _, row in group], 0) or "-")
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return lines
-
-
-def plot(groups: dict[str, list[tuple[Run, summary.Row]]], path: str) -> None:
-    """The curves (module docstring) to ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(5 * len(CURVES), 4), squeeze=False)
-    for ax, (metric, title) in zip(axes[0], CURVES.items(), strict=True):
-        for name, group in groups.items():
-            steps, values = pooled([curve(run.workdir, metric) for run, _ in group])
-            if not len(steps):
-                continue
-            (line,) = ax.plot(steps, values.mean(axis=0), marker=".", label=name)
-            ax.fill_between(steps, values.min(axis=0), values.max(axis=0),
-                            color=line.get_color(), alpha=0.15, linewidth=0)
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("mean over seeds (band: min-max)")
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -152,7 +102,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("\n".join(lines))
     print(f"wrote {table_path}")
     plot_path = os.path.join(args.out, "siglip_digits_curves.png")
-    plot(groups, plot_path)
+    curves.plot({name: [run for run, _ in group] for name, group in groups.items()},
+                list(CURVES), plot_path, titles=CURVES)
     print(f"wrote {plot_path}")
 
 

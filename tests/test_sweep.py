@@ -298,3 +298,50 @@ def test_plot_pools_seeds_per_line_and_draws(tmp_path):
     pair = [r.final[metric] for r in rows[:2]]
     assert f"{np.mean(pair):.3f} ± {np.std(pair, ddof=1):.3f} (2)" in text[2]
     assert text[2].startswith("| sigmoid | 64 | 2 |")
+
+
+def test_curves_pool_seeds_per_setting_step_by_step(tmp_path):
+    """--curves: the per-step mean ± std and best step of each setting equal the values
+    written to the runs' metrics.jsonl; the figure is drawn (no training: written files)."""
+    import numpy as np
+
+    from multimodal_ssl.sweep import curves
+    from multimodal_ssl.sweep.plan import Run
+
+    rng = np.random.default_rng(0)
+    metric, steps = "eval/zeroshot/zeroshot_top1", list(range(25, 301, 25))  # 12 steps
+    runs, rows, written = [], [], {}
+    for b in (0.0, -10.0):
+        for seed in (0, 1, 2):
+            name = f"b_init={b:g},seed={seed}"
+            workdir = tmp_path / name
+            workdir.mkdir()
+            values = rng.uniform(size=len(steps))
+            written[b, seed] = values
+            with open(workdir / "metrics.jsonl", "w") as f:
+                for s, v in zip(steps, values, strict=True):
+                    f.write(json.dumps({"step": s, "train/loss": 1.0 / s, metric: v}) + "\n")
+            overrides = {"config.loss.b_init": b, "config.seed": seed}
+            runs.append(Run(name, str(workdir), overrides, (), steps[-1], ("zeroshot",)))
+            status = "finished" if (b, seed) != (-10.0, 2) else "incomplete"  # not pooled
+            rows.append(summary.Row(name, status, overrides, steps[-1], None, {}, {}))
+    groups = curves.settings(runs, rows)
+    assert {k: len(v) for k, v in groups.items()} == {"loss.b_init=0.0": 3, "loss.b_init=-10.0": 2}
+    lines = curves.table(groups, metric)
+    header = lines[2].split(" | ")
+    shown = [int(c.split()[-1]) for c in header if c.startswith("step ")]
+    assert shown == steps[1::2]  # 12 logged steps, at most 10 columns: every 2nd, to the last
+    for row, (b, n) in zip(lines[4:], ((0.0, 3), (-10.0, 2)), strict=True):
+        values = np.stack([written[b, s] for s in range(n)])  # [seeds, steps]
+        cells = row.strip("| ").split(" | ")
+        for column, step in enumerate(shown):
+            at = values[:, steps.index(step)]
+            mean, std = at.mean(), at.std(ddof=1)
+            assert cells[2 + column] == f"{mean:.3f} ± {std:.3f}"
+        assert cells[-1] == str(steps[int(np.argmax(values.mean(axis=0)))])
+    loss = curves.table(groups, "train/loss")  # lower is better: the last step
+    assert all(line.endswith("| 300 |") for line in loss[4:])
+    png, md = curves.write(runs, rows, [metric, "train/loss"], str(tmp_path))
+    assert os.path.getsize(png) > 1000 and open(md).read().count("| loss.b_init=") == 4
+    with pytest.raises(ValueError, match="no finished run logged metric 'eval/x'"):
+        curves.write(runs, rows, ["eval/x"], str(tmp_path))

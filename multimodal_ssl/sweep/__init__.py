@@ -6,8 +6,9 @@ runs of ``python -m multimodal_ssl.main`` (``python -m multimodal_ssl.sweep``, R
 - :mod:`~multimodal_ssl.sweep.plan`: expansion, run names, validation of every run;
 - :mod:`~multimodal_ssl.sweep.devices`: splitting devices between ``--parallel`` runs;
 - :mod:`~multimodal_ssl.sweep.runner`: launching, skipping finished runs, resuming;
-- :mod:`~multimodal_ssl.sweep.summary` / :mod:`~multimodal_ssl.sweep.plot`: the tables
-  and figures, from the runs' own ``metrics.jsonl``;
+- :mod:`~multimodal_ssl.sweep.summary` / :mod:`~multimodal_ssl.sweep.plot` /
+  :mod:`~multimodal_ssl.sweep.curves`: the tables and figures (final values against a
+  swept key; metrics against the step), from the runs' own ``metrics.jsonl``;
 - :mod:`~multimodal_ssl.sweep.aggregate`: seed mean ± std and clear-margin tests for
   experiment tables.
 """

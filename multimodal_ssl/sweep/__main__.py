@@ -2,13 +2,14 @@
 
     python -m multimodal_ssl.sweep --config=configs/siglip.py:tiny --workdir=/tmp/sweep \
         [--config.KEY=VALUE ...] [--parallel=N] [--dry_run] [--plot=X_KEY:METRIC] \
-        [--summary_only]
+        [--curves=METRIC] [--summary_only]
 
 Every run is validated first (a bad swept key or value: one line naming it, exit 2,
 nothing launched). Then runs go to ``<workdir>/<name>/`` one after another (or
 ``--parallel=N`` at once, devices split: :mod:`multimodal_ssl.sweep.devices`); finished
 runs are skipped and unfinished ones resumed; ``summary.csv`` / ``summary.md`` (and the
-plots, and ``summary_seeds.md`` with mean ± std over seeds when the seed is swept) are
+plots, ``curves.png`` / ``curves.md`` of the ``--curves`` metrics against the step,
+and ``summary_seeds.md`` with mean ± std over seeds when the seed is swept) are
 written at the end. ``--dry_run`` prints one shell command per run and
 nothing else on stdout (runs in sweep order: line i is run i, for a scheduler's array
 job). ``--summary_only`` writes the summary of whatever the runs' files hold.
@@ -28,6 +29,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory; run i in <work
 _PARALLEL = flags.DEFINE_integer("parallel", 1, "Runs at once, devices split between them.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print one command per run; run nothing.")
 _PLOT = flags.DEFINE_multi_string("plot", [], "X_KEY:METRIC, e.g. batch_size:eval/...")
+_CURVES = flags.DEFINE_multi_string("curves", [], "METRIC against the step, e.g. train/loss.")
 _SUMMARY_ONLY = flags.DEFINE_bool("summary_only", False, "Only write the summary and plots.")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Tracebacks for config errors.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -61,7 +63,7 @@ def _fail(message: str, code: int) -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from multimodal_ssl.sweep import devices, plot, runner, seeds, summary
+    from multimodal_ssl.sweep import curves, devices, plot, runner, seeds, summary
     from multimodal_ssl.sweep.plan import plan
 
     workdir = _WORKDIR.value
@@ -92,6 +94,12 @@ def main(argv: list[str]) -> None:
     for x_key, metric in plots:
         try:
             print(f"wrote {plot.plot(rows, x_key, metric, workdir)}")
+        except ValueError as e:
+            _fail(str(e), 2)
+    if _CURVES.value:
+        try:
+            for path in curves.write(runs, rows, _CURVES.value, workdir):
+                print(f"wrote {path}")
         except ValueError as e:
             _fail(str(e), 2)
     failed = [n for n, o in outcomes.items() if o != "finished"]
