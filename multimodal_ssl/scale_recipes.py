@@ -56,7 +56,7 @@ WARMUP_STEPS = 20_000
 
 @dataclasses.dataclass(frozen=True)
 class PaperModel:
-    """One SigLIP size. ``vit``/``text``: tower variants (``models.common.VARIANTS``);
+    """One SigLIP size. ``vit``/``text``: tower variants (``models.variants.VARIANTS``);
     ``resolutions``: those it is released at (the first is the default); ``text_len``:
     tokens per caption at each resolution; ``remat``: the blocks' rematerialisation
     policy."""

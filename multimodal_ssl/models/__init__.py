@@ -2,7 +2,7 @@
 model and shared blocks."""
 
 from multimodal_ssl.models.audio import AudioTransformer
-from multimodal_ssl.models.common import VARIANTS, MAPHead, parse_variant, posemb_sincos2d
+from multimodal_ssl.models.common import MAPHead, posemb_sincos2d
 from multimodal_ssl.models.mlp import MlpTower, SequenceTower
 from multimodal_ssl.models.text import TextTransformer
 from multimodal_ssl.models.towers import (
@@ -13,6 +13,7 @@ from multimodal_ssl.models.towers import (
     param_name,
     register_tower,
 )
+from multimodal_ssl.models.variants import VARIANTS, parse_variant
 from multimodal_ssl.models.vit import ViT
 
 __all__ = [

@@ -20,8 +20,8 @@ from multimodal_ssl.models.common import (
     compute_dtype,
     encode_and_pool,
     layer_norm,
-    resolve_sizes,
 )
+from multimodal_ssl.models.variants import resolve_sizes
 
 
 class MlpTower(nn.Module):

@@ -17,8 +17,8 @@ from multimodal_ssl.models.common import (
     add_learned_positions,
     compute_dtype,
     encode_and_pool,
-    resolve_sizes,
 )
+from multimodal_ssl.models.variants import resolve_sizes
 
 POOLS = ("last", "first", "mean", "map")
 

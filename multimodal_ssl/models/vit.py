@@ -30,9 +30,9 @@ from multimodal_ssl.models.common import (
     compute_dtype,
     encode_and_pool,
     posemb_sincos2d,
-    resolve_sizes,
 )
 from multimodal_ssl.models.naflex import resize_posemb
+from multimodal_ssl.models.variants import resolve_sizes
 
 POOLS = ("map", "gap", "tok")
 POSEMBS = ("learn", "sincos2d")
