@@ -1,7 +1,10 @@
 """Compares the ring and global runs of configs/studies/siglip_ring_vs_global.py step by
-step: the largest absolute difference of ``train/loss`` over all logged steps, and of
-every eval metric, as a markdown table (stdout).
+step, seed by seed: per metric, the largest absolute difference ring - global over every
+logged step and seed (``train/loss`` at each of the 100 steps; the evals at 50 and 100),
+and the final values (mean over seeds) of both, as a markdown table (stdout).
 
+    XLA_FLAGS=--xla_force_host_platform_device_count=4 python -m multimodal_ssl.sweep \\
+        --config=configs/studies/siglip_ring_vs_global.py --workdir=/tmp/ring_vs_global
     python experiments/ring_vs_global.py --workdir=/tmp/ring_vs_global
 """
 
@@ -14,31 +17,42 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from multimodal_ssl.sweep.curves import curve  # noqa: E402
 from multimodal_ssl.sweep.runner import read_metrics  # noqa: E402
 
-
-def series(run_dir: str, key: str) -> dict[int, float]:
-    return {s: m[key] for s, m in read_metrics(run_dir).items() if key in m}
+SEEDS = (0, 1, 2)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workdir", required=True)
     args = parser.parse_args()
-    ring, glob = (os.path.join(args.workdir, f"impl={i}") for i in ("ring", "global"))
+    pairs = [tuple(os.path.join(args.workdir, f"impl={impl},seed={seed}")
+                   for impl in ("ring", "global")) for seed in SEEDS]
+    pairs = [(a, b) for a, b in pairs if os.path.exists(a) and os.path.exists(b)]
+    if not pairs:
+        sys.exit(f"error: no impl=ring,seed=S / impl=global,seed=S pair in {args.workdir}")
     keys = ["train/loss"] + sorted(
-        {k for m in read_metrics(ring).values() for k in m if k.startswith("eval/")}
+        {k for m in read_metrics(pairs[0][0]).values() for k in m if k.startswith("eval/")}
     )
-    print("| metric | steps compared | max abs difference (ring - global) | final ring "
-          "| final global |")
-    print("|---|---|---|---|---|")
+    print("| metric | seeds | steps compared | max abs difference (ring - global) "
+          "| final ring (mean) | final global (mean) |")
+    print("|---|---|---|---|---|---|")
     for key in keys:
-        a, b = series(ring, key), series(glob, key)
-        steps = sorted(set(a) & set(b))
-        if not steps:
-            continue
-        diff = max(abs(a[s] - b[s]) for s in steps)
-        print(f"| {key} | {len(steps)} | {diff:.2e} | {a[steps[-1]]:.4f} | {b[steps[-1]]:.4f} |")
+        diffs, finals, compared = [], ([], []), 0
+        for ring, glob in pairs:
+            a, b = curve(ring, key), curve(glob, key)
+            steps = sorted(set(a) & set(b))
+            if not steps:
+                continue
+            compared += len(steps)
+            diffs.append(max(abs(a[s] - b[s]) for s in steps))
+            finals[0].append(a[steps[-1]])
+            finals[1].append(b[steps[-1]])
+        if diffs:
+            ring_final, glob_final = (sum(f) / len(f) for f in finals)
+            print(f"| {key} | {len(diffs)} | {compared} | {max(diffs):.2e} | {ring_final:.4f} "
+                  f"| {glob_final:.4f} |")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ be the same up to float summation order.
         --config=configs/studies/siglip_ring_vs_global.py --workdir=/tmp/ring_vs_global
     python experiments/ring_vs_global.py --workdir=/tmp/ring_vs_global
 
-2 runs: ``loss.impl`` {ring, global}, 100 steps of batch 128 (4 x 32 per device), the
-zero-shot and retrieval evals at 50 and 100, everything else as configs/siglip.py.
+6 runs: ``loss.impl`` {ring, global} x seeds {0, 1, 2}, 100 steps of batch 128 (4 x 32
+per device), the zero-shot and retrieval evals at 50 and 100, everything else as
+configs/siglip.py.
 """
 
 import os
@@ -33,4 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def get_hyper(h):
-    return h.sweep("config.loss.impl", ["ring", "global"])
+    return h.product([
+        h.sweep("config.loss.impl", ["ring", "global"]),
+        h.sweep("config.seed", [0, 1, 2]),
+    ])
