@@ -326,7 +326,7 @@ def test_curves_pool_seeds_per_setting_step_by_step(tmp_path):
             status = "finished" if (b, seed) != (-10.0, 2) else "incomplete"  # not pooled
             rows.append(summary.Row(name, status, overrides, steps[-1], None, {}, {}))
     groups = curves.settings(runs, rows)
-    assert {k: len(v) for k, v in groups.items()} == {"loss.b_init=0.0": 3, "loss.b_init=-10.0": 2}
+    assert {k: len(v) for k, v in groups.items()} == {"loss.b_init=0": 3, "loss.b_init=-10": 2}
     lines = curves.table(groups, metric)
     header = lines[2].split(" | ")
     shown = [int(c.split()[-1]) for c in header if c.startswith("step ")]

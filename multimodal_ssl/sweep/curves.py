@@ -7,7 +7,8 @@ that differ only in the seed pooled: the mean over seeds, with a shaded min-max 
 over the steps every pooled run logged. Only finished runs are drawn, as in
 ``summary_seeds.md``. The sweep writes, for all ``--curves`` metrics together:
 
-- ``<workdir>/curves.png``: one panel per metric;
+- ``<workdir>/curves.png``: one panel per metric (a logarithmic axis for a loss or rank
+  whose curves span more than a factor 10);
 - ``<workdir>/curves.md``: per metric, one row per setting with ``mean ± std`` (sample
   std over the seeds) at up to ``MAX_COLUMNS`` of the logged steps (every k-th, ending
   at the last; the figure has them all), and the step at which the seed-mean
@@ -62,17 +63,22 @@ def best_step(curves: Sequence[Curve], metric: str) -> int | None:
     return int(steps[int(np.argmax(sign * values.mean(axis=0)))])
 
 
+def _value(row: Row, key: str) -> str:
+    """A swept value as a legend shows it: its label, a float to 4 significant digits."""
+    value = row.overrides.get(key)
+    if key in row.labels:
+        return row.labels[key]
+    return f"{value:.4g}" if isinstance(value, float) else format_value(value)
+
+
 def settings(runs: Sequence[Run], rows: Sequence[Row]) -> dict[str, list[Run]]:
     """``{setting label: its finished runs}`` in sweep order; the label names the varying
-    keys but the seed (``loss.name=sigmoid, batch_size=32``), a labelled value by its
-    label; ``""`` when only the seed varies."""
+    keys but the seed (``loss.name=sigmoid, loss.t_init=2.303``), a labelled value by
+    its label, a float to 4 significant digits; ``""`` when only the seed varies."""
     keys = [k for k in varying_keys([r.overrides for r in rows]) if k != SEED]
     groups: dict[str, list[Run]] = {}
     for run, row in zip(runs, rows, strict=True):
-        label = ", ".join(
-            f"{k[len(PREFIX):]}={row.labels.get(k) or format_value(row.overrides.get(k))}"
-            for k in keys
-        )
+        label = ", ".join(f"{k[len(PREFIX):]}={_value(row, k)}" for k in keys)
         groups.setdefault(label, [])
         if row.status == "finished":
             groups[label].append(run)
@@ -115,11 +121,12 @@ def plot(groups: dict[str, list[Run]], metrics: Sequence[str], path: str,
 
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
-        drawn = 0
+        drawn, low, high = 0, np.inf, -np.inf
         for label, group in groups.items():
             steps, values = pooled([curve(r.workdir, metric) for r in group])
             if not len(steps):
                 continue
+            low, high = min(low, values.min()), max(high, values.max())
             (line,) = ax.plot(steps, values.mean(axis=0), marker=".", label=label or metric)
             ax.fill_between(steps, values.min(axis=0), values.max(axis=0),
                             color=line.get_color(), alpha=0.15, linewidth=0)
@@ -127,6 +134,8 @@ def plot(groups: dict[str, list[Run]], metrics: Sequence[str], path: str,
         if not drawn:
             plt.close(fig)
             raise ValueError(f"--curves: no finished run logged metric {metric!r}")
+        if better(metric) < 0 and low > 0 and high / low > 10:  # losses spanning decades
+            ax.set_yscale("log")
         ax.set_title((titles or {}).get(metric, metric), fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
