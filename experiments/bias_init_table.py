@@ -2,7 +2,7 @@
 at every eval step, the zero-shot top-1 and image->text R@1 difference between two
 settings, as mean ± std over the seeds (a seed's runs share the initial towers and the
 batches, so the pairs remove that spread), with whether the difference is clear
-(``aggregate.clear_margin`` on the paired differences: > 0.05 and > 3 std).
+(``aggregate.clear_sign`` on the paired differences: > 0.05 and > 3 std).
 
     python -m multimodal_ssl.sweep --config=configs/studies/siglip_bias_init.py \\
         --workdir=/tmp/bias_init --parallel=2
@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from multimodal_ssl.sweep import summary  # noqa: E402
-from multimodal_ssl.sweep.aggregate import Stat, clear_margin  # noqa: E402
+from multimodal_ssl.sweep.aggregate import Stat, clear_sign  # noqa: E402
 from multimodal_ssl.sweep.curves import curve  # noqa: E402
 from multimodal_ssl.sweep.plan import plan  # noqa: E402
 
@@ -61,12 +61,8 @@ def main() -> None:
             for step in steps:
                 diff = Stat.of(curve(dirs[(*a, s)], metric)[step]
                                - curve(dirs[(*b, s)], metric)[step] for s in seeds)
-                std = 0.0 if diff.n < 2 else diff.std
-                text = f"{diff.mean:+.3f} ± {std:.3f}"
-                zero = Stat(0.0, 0.0, diff.n)
-                flipped = Stat(-diff.mean, std, diff.n)
-                clear = clear_margin(diff, zero) or clear_margin(flipped, zero)
-                cells.append(f"**{text}**" if clear else text)
+                text = f"{diff.mean:+.3f} ± {0.0 if diff.n < 2 else diff.std:.3f}"
+                cells.append(f"**{text}**" if clear_sign(diff) else text)
             print(f"| {name} | {len(seeds)} | " + " | ".join(cells) + " |")
         print()
 

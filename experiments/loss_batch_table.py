@@ -1,7 +1,7 @@
 """The sigmoid-vs-softmax study's table (configs/studies/siglip_loss_batch.py): per global
 batch, each loss's final metric (mean ± std over seeds) and the difference sigmoid -
 softmax paired by seed (the two runs of a seed start from the same initial towers and
-see the same batches), with whether it is clear (``aggregate.clear_margin`` on the paired
+see the same batches), with whether it is clear (``aggregate.clear_sign`` on the paired
 differences: |mean| > 0.01 and > 3 std).
 
     python -m multimodal_ssl.sweep --config=configs/studies/siglip_loss_batch.py \\
@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from multimodal_ssl.sweep import summary  # noqa: E402
-from multimodal_ssl.sweep.aggregate import Stat, clear_margin  # noqa: E402
+from multimodal_ssl.sweep.aggregate import Stat, clear_sign  # noqa: E402
 from multimodal_ssl.sweep.plan import plan  # noqa: E402
 
 RECIPE = os.path.join(ROOT, "configs", "studies", "siglip_loss_batch.py")
@@ -63,13 +63,8 @@ def table(results: dict[tuple[int, str, int], dict[str, float]],
             sig = [results[batch, "sigmoid", s][metric] for s in pairs]
             soft = [results[batch, "softmax", s][metric] for s in pairs]
             diff = Stat.of(a - b for a, b in zip(sig, soft, strict=True))
-            zero = Stat(0.0, 0.0, len(pairs))
-            if clear_margin(diff, zero, min_abs=MIN_DIFF):
-                verdict = " **sigmoid**"
-            elif clear_margin(Stat(-diff.mean, diff.std, diff.n), zero, min_abs=MIN_DIFF):
-                verdict = " **softmax**"
-            else:
-                verdict = ""
+            verdict = {1: " **sigmoid**", -1: " **softmax**", 0: ""}[
+                clear_sign(diff, min_abs=MIN_DIFF)]
             cells += [Stat.of(sig).cell(), Stat.of(soft).cell(),
                       f"{diff.mean:+.3f} ± {0.0 if diff.n < 2 else diff.std:.3f}{verdict}"]
         lines.append("| " + " | ".join(cells) + " |")

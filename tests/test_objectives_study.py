@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from multimodal_ssl.evals import common, fused, retrieval, zeroshot
-from multimodal_ssl.sweep.aggregate import Stat, clear_margin, pool
+from multimodal_ssl.sweep.aggregate import Stat, clear_margin, clear_sign, pool
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,6 +89,10 @@ def test_seed_pooling_and_the_clear_margin():
     assert not clear_margin(Stat(0.14, 0.0, 3), base)  # +0.04 < 0.05
     assert not clear_margin(Stat(0.30, 0.07, 3), base)  # +0.20 < 3 * hypot(0.07, 0.01)
     assert clear_margin(Stat(0.16, math.nan, 1), Stat(0.10, math.nan, 1))  # one seed: std 0
+    # Paired differences (a - b per seed) against zero, either way.
+    assert clear_sign(Stat(0.10, 0.02, 3)) == 1 and clear_sign(Stat(-0.10, 0.02, 3)) == -1
+    assert clear_sign(Stat(-0.10, 0.04, 3)) == 0  # 0.10 < 3 * 0.04
+    assert clear_sign(Stat(0.02, 0.001, 3), min_abs=0.01) == 1
 
 
 @pytest.fixture(scope="module")

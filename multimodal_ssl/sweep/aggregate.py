@@ -79,3 +79,14 @@ def clear_margin(
     diff = row.mean - baseline.mean
     spread = math.hypot(*(0.0 if math.isnan(s) else s for s in (row.std, baseline.std)))
     return diff > min_abs and diff > n_std * spread
+
+
+def clear_sign(diff: Stat, *, min_abs: float = 0.05, n_std: float = 3.0) -> int:
+    """For paired differences ``diff`` (a - b per seed): +1 when a is clearly higher, -1
+    when clearly lower (:func:`clear_margin` against zero, either way), else 0."""
+    zero = Stat(0.0, 0.0, diff.n)
+    if clear_margin(diff, zero, min_abs=min_abs, n_std=n_std):
+        return 1
+    if clear_margin(Stat(-diff.mean, diff.std, diff.n), zero, min_abs=min_abs, n_std=n_std):
+        return -1
+    return 0
