@@ -42,7 +42,8 @@ def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
     ``F.interpolate(..., mode="bilinear", align_corners=False, antialias=True)``)."""
     rows = antialias_weights(image.shape[0], height, np.arange(height), np)
     cols = antialias_weights(image.shape[1], width, np.arange(width), np)
-    return np.einsum("ia,jb,abc->ijc", rows, cols, image.astype(np.float32)).astype(np.float32)
+    image = image.astype(np.float32)
+    return np.einsum("ia,jb,abc->ijc", rows, cols, image, optimize=True).astype(np.float32)
 
 
 def check_images(images: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
