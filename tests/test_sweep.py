@@ -265,7 +265,11 @@ def test_plot_pools_seeds_per_line_and_draws(tmp_path):
 
     rng = np.random.default_rng(0)
     metric = "eval/zeroshot/zeroshot_top1"
-    rows = [summary.Row(f"r{i}", "finished", {"config.loss.name": loss, "config.batch_size": b,
+    t_init = {"sigmoid": math.log(10), "softmax": math.log(1 / 0.07)}  # zipped with the loss
+    rows = [summary.Row(f"r{i}", "finished", {"config.loss.name": loss,
+                                               "config.loss.t_init": t_init[loss],
+                                               "config.batch_size": b,
+                                               "config.total_steps": 2048 // b,  # zipped with b
                                                "config.seed": s}, 8, None,
                         {metric: float(rng.uniform())}, {})
             for i, (loss, b, s) in enumerate(
@@ -283,7 +287,8 @@ def test_plot_pools_seeds_per_line_and_draws(tmp_path):
                       if r.overrides["config.loss.name"] == loss
                       and r.overrides["config.batch_size"] == b]
             want.append((b, np.mean(values), min(values), max(values)))
-        np.testing.assert_allclose(got[f"loss.name={loss}"], want)
+        t = {"sigmoid": "2.303", "softmax": "2.659"}[loss]  # total_steps follows batch_size
+        np.testing.assert_allclose(got[f"loss.name={loss}, loss.t_init={t}"], want)
     with pytest.raises(ValueError, match="no run has metric"):
         plot.curves(rows, "config.batch_size", "eval/x")
     path = plot.plot(rows, "config.batch_size", metric, str(tmp_path))
@@ -294,10 +299,11 @@ def test_plot_pools_seeds_per_line_and_draws(tmp_path):
     from multimodal_ssl.sweep import seeds
 
     text = open(seeds.write(rows, str(tmp_path))).read().splitlines()
-    assert len(text) == 2 + 4 and text[0].startswith("| loss.name | batch_size | seeds |")
+    assert len(text) == 2 + 4
+    assert text[0].startswith("| loss.name | loss.t_init | batch_size | total_steps | seeds |")
     pair = [r.final[metric] for r in rows[:2]]
     assert f"{np.mean(pair):.3f} ± {np.std(pair, ddof=1):.3f} (2)" in text[2]
-    assert text[2].startswith("| sigmoid | 64 | 2 |")
+    assert text[2].startswith(f"| sigmoid | {math.log(10)!r} | 64 | 32 | 2 |")
 
 
 def test_curves_pool_seeds_per_setting_step_by_step(tmp_path):

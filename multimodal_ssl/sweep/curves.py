@@ -25,8 +25,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from multimodal_ssl.sweep.plan import PREFIX, Run, format_value
-from multimodal_ssl.sweep.plot import varying_keys
+from multimodal_ssl.sweep.plan import PREFIX, Run
+from multimodal_ssl.sweep.plot import short_value, varying_keys
 from multimodal_ssl.sweep.runner import read_metrics
 from multimodal_ssl.sweep.summary import Row, direction
 
@@ -63,14 +63,6 @@ def best_step(curves: Sequence[Curve], metric: str) -> int | None:
     return int(steps[int(np.argmax(sign * values.mean(axis=0)))])
 
 
-def _value(row: Row, key: str) -> str:
-    """A swept value as a legend shows it: its label, a float to 4 significant digits."""
-    value = row.overrides.get(key)
-    if key in row.labels:
-        return row.labels[key]
-    return f"{value:.4g}" if isinstance(value, float) else format_value(value)
-
-
 def settings(runs: Sequence[Run], rows: Sequence[Row]) -> dict[str, list[Run]]:
     """``{setting label: its finished runs}`` in sweep order; the label names the varying
     keys but the seed (``loss.name=sigmoid, loss.t_init=2.303``), a labelled value by
@@ -78,7 +70,7 @@ def settings(runs: Sequence[Run], rows: Sequence[Row]) -> dict[str, list[Run]]:
     keys = [k for k in varying_keys([r.overrides for r in rows]) if k != SEED]
     groups: dict[str, list[Run]] = {}
     for run, row in zip(runs, rows, strict=True):
-        label = ", ".join(f"{k[len(PREFIX):]}={_value(row, k)}" for k in keys)
+        label = ", ".join(f"{k[len(PREFIX):]}={short_value(row, k)}" for k in keys)
         groups.setdefault(label, [])
         if row.status == "finished":
             groups[label].append(run)

@@ -1,6 +1,7 @@
 """``--plot=X_KEY:METRIC``: the final value of ``METRIC`` against the swept ``X_KEY``.
 
-One line per combination of the other keys that vary (``config.seed`` aside); runs that
+One line per combination of the other keys that vary (``config.seed`` and keys that
+follow ``X_KEY``, such as the ``total_steps`` zipped with ``batch_size``, aside); runs that
 differ only in the seed are averaged, with min-max error bars. Numeric x values are
 placed on their axis (logarithmic when all are positive and span a factor >= 8), others
 in their sweep order. Needs matplotlib (pinned in the ``[dev]`` extra).
@@ -12,7 +13,7 @@ import os
 import re
 from collections.abc import Sequence
 
-from multimodal_ssl.sweep.plan import PREFIX
+from multimodal_ssl.sweep.plan import PREFIX, format_value
 from multimodal_ssl.sweep.summary import Row
 
 SEED = "config.seed"
@@ -37,6 +38,25 @@ def parse_spec(spec: str, overrides: Sequence[dict]) -> tuple[str, str]:
     return found[0], metric
 
 
+def follows(rows: Sequence[Row], key: str, x_key: str) -> bool:
+    """Whether ``key``'s value is a function of ``x_key``'s (e.g. swept in one ``zipit``:
+    ``total_steps`` with ``batch_size``): such keys name no line of their own."""
+    seen: dict[str, str] = {}
+    for r in rows:
+        x, value = repr(r.overrides.get(x_key)), repr(r.overrides.get(key))
+        if seen.setdefault(x, value) != value:
+            return False
+    return True
+
+
+def short_value(row: Row, key: str) -> str:
+    """A swept value as a legend shows it: its label, a float to 4 significant digits."""
+    if key in row.labels:
+        return row.labels[key]
+    value = row.overrides.get(key)
+    return f"{value:.4g}" if isinstance(value, float) else format_value(value)
+
+
 def curves(rows: Sequence[Row], x_key: str, metric: str) -> dict[str, list[tuple]]:
     """``{line label: [(x, mean, min, max), ...]}`` of the final ``metric`` against
     ``x_key``: one line per combination of the other varying keys but the seed, runs
@@ -45,11 +65,12 @@ def curves(rows: Sequence[Row], x_key: str, metric: str) -> dict[str, list[tuple
     metrics = sorted({m for r in rows for m in r.final})
     if metric not in metrics:
         raise ValueError(f"--plot: no run has metric {metric!r} (yet); metrics: {metrics}")
-    others = [k for k in varying_keys([r.overrides for r in rows]) if k not in (x_key, SEED)]
+    others = [k for k in varying_keys([r.overrides for r in rows])
+              if k not in (x_key, SEED) and not follows(rows, k, x_key)]
     pooled: dict[str, dict] = {}
     for r in rows:
         if metric in r.final and x_key in r.overrides:
-            label = ", ".join(f"{k[len(PREFIX):]}={r.overrides.get(k)}" for k in others)
+            label = ", ".join(f"{k[len(PREFIX):]}={short_value(r, k)}" for k in others)
             pooled.setdefault(label, {}).setdefault(r.overrides[x_key], []).append(
                 r.final[metric]
             )
@@ -88,7 +109,7 @@ def plot(rows: Sequence[Row], x_key: str, metric: str, workdir: str) -> str:
     ax.set_xticks([position[x] for x in ticks], [str(x) for x in ticks])
     pooled = len({repr(r.overrides.get(SEED)) for r in rows}) > 1
     ax.set_xlabel(x_key[len(PREFIX) :])
-    ax.set_ylabel(metric + (" (mean over seeds, min-max)" if pooled else ""))
+    ax.set_ylabel(metric + ("\n(mean over seeds, min-max)" if pooled else ""), fontsize=9)
     ax.grid(alpha=0.3)
     if len(lines) > 1:
         ax.legend(fontsize=8)
