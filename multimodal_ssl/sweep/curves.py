@@ -28,9 +28,9 @@ import numpy as np
 from multimodal_ssl.sweep.plan import PREFIX, Run
 from multimodal_ssl.sweep.plot import short_value, varying_keys
 from multimodal_ssl.sweep.runner import read_metrics
+from multimodal_ssl.sweep.seeds import SEED, seed_groups
 from multimodal_ssl.sweep.summary import Row, direction
 
-SEED = "config.seed"
 MAX_COLUMNS = 10
 Curve = dict[int, float]  # {step: value}
 
@@ -64,17 +64,17 @@ def best_step(curves: Sequence[Curve], metric: str) -> int | None:
 
 
 def settings(runs: Sequence[Run], rows: Sequence[Row]) -> dict[str, list[Run]]:
-    """``{setting label: its finished runs}`` in sweep order; the label names the varying
-    keys but the seed (``loss.name=sigmoid, loss.t_init=2.303``), a labelled value by
-    its label, a float to 4 significant digits; ``""`` when only the seed varies."""
+    """``{setting label: its finished runs}`` (``seeds.seed_groups``) in sweep order; the
+    label names the varying keys but the seed (``loss.name=sigmoid, loss.t_init=2.303``),
+    a labelled value by its label, a float to 4 significant digits; ``""`` when only the
+    seed varies."""
     keys = [k for k in varying_keys([r.overrides for r in rows]) if k != SEED]
-    groups: dict[str, list[Run]] = {}
-    for run, row in zip(runs, rows, strict=True):
-        label = ", ".join(f"{k[len(PREFIX):]}={short_value(row, k)}" for k in keys)
-        groups.setdefault(label, [])
-        if row.status == "finished":
-            groups[label].append(run)
-    return {label: group for label, group in groups.items() if group}
+    by_name = {run.name: run for run in runs}
+    return {
+        ", ".join(f"{k[len(PREFIX):]}={short_value(group[0], k)}" for k in keys):
+            [by_name[row.name] for row in group]
+        for group in seed_groups(rows).values() if group
+    }
 
 
 def table(groups: dict[str, list[Run]], metric: str, digits: int = 3) -> list[str]:

@@ -14,9 +14,8 @@ import re
 from collections.abc import Sequence
 
 from multimodal_ssl.sweep.plan import PREFIX, format_value
+from multimodal_ssl.sweep.seeds import SEED
 from multimodal_ssl.sweep.summary import Row
-
-SEED = "config.seed"
 
 
 def varying_keys(overrides: Sequence[dict]) -> list[str]:
