@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from multimodal_ssl.sweep.aggregate import Stat
 from multimodal_ssl.sweep.plan import PREFIX, Run
 from multimodal_ssl.sweep.plot import short_value, varying_keys
 from multimodal_ssl.sweep.runner import read_metrics
@@ -81,8 +82,6 @@ def table(groups: dict[str, list[Run]], metric: str, digits: int = 3) -> list[st
     """Markdown lines: one row per setting, ``mean ± std`` of ``metric`` at up to
     ``MAX_COLUMNS`` of the steps any setting logged (empty where a setting's runs did not
     all log it), and the best step over all of them."""
-    from multimodal_ssl.sweep.aggregate import Stat
-
     by_setting = {label: [curve(r.workdir, metric) for r in group]
                   for label, group in groups.items()}
     steps = sorted({s for cs in by_setting.values() for s in pooled(cs)[0].tolist()})
